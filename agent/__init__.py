@@ -1,0 +1,1 @@
+"""The reference node agent: identity, domains, servicer, connections."""

@@ -1,0 +1,1 @@
+"""The legacy stack: gRPC agent server/client and the TLS proxy pair. Deleted at cutover."""

@@ -1,0 +1,1 @@
+"""The bridge from gRPC to quic_rpc: adapter, dual-stack serving, rollout."""

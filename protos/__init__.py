@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC modules and their .proto sources."""
