@@ -1,0 +1,111 @@
+"""Transport configuration: one frozen dataclass with validated, documented defaults."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_ALPN", "MAX_DATAGRAM_SIZE_LIMIT", "MIN_DATAGRAM_SIZE", "QUICConfig"]
+
+DEFAULT_ALPN = "quicshift-rpc/1"
+MIN_DATAGRAM_SIZE = 1200
+"""RFC 9000: every QUIC path must carry 1,200-byte datagrams."""
+MAX_DATAGRAM_SIZE_LIMIT = 16383
+"""aioquic writes frame lengths as 2-byte varints, so larger datagrams break."""
+
+_KIB = 1024
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class QUICConfig:
+    """Settings shared by a :class:`~quic_rpc.quic.QUICServer` and its clients.
+
+    Times are in seconds, sizes in bytes.
+
+    * ``alpn`` — the one application protocol both ends must agree on.
+    * ``idle_timeout`` — a connection with no packet from the peer for this long is
+      dead (both ends advertise it; the smaller one wins).
+    * ``keepalive_interval`` — send a PING after this long without hearing from the
+      peer, which keeps NAT bindings open; must be shorter than ``idle_timeout``.
+      ``None`` disables keepalive. No timer runs more often than this while idle.
+    * ``handshake_timeout`` — ``connect()`` gives up after this long.
+    * ``max_connections`` — a server refuses new connections beyond this.
+    * ``max_streams`` — how many bidirectional streams the peer may have open at once
+      on one connection (more wait in ``open_stream()``).
+    * ``connection_window`` / ``stream_window`` — receive flow-control windows: the
+      peer may send at most this many bytes the application has not read yet.
+    * ``stream_send_buffer`` — at most this many unacknowledged bytes are buffered per
+      stream before ``send()`` waits.
+    * ``max_datagram_size`` — UDP payload size (1,200..16,383; loopback and LANs with
+      jumbo frames can use more than the 1,452 default).
+    * ``retry`` — the server validates client addresses with a Retry round trip.
+    * ``graceful_stop_timeout`` — default deadline for in-flight streams on stop/close.
+    * ``datagrams`` — enable unreliable datagrams (RFC 9221).
+    * ``congestion_control`` — ``"reno"`` or ``"cubic"``.
+    * ``pacing`` — pace sends by the congestion controller's rate. Turning it off
+      only makes sense on loopback or a private LAN.
+    * ``gso`` — use Linux UDP segmentation offload when the kernel supports it.
+    """
+
+    alpn: str = DEFAULT_ALPN
+    idle_timeout: float = 30.0
+    keepalive_interval: float | None = 10.0
+    handshake_timeout: float = 10.0
+    max_connections: int = 1024
+    max_streams: int = 256
+    connection_window: int = 16 * _MIB
+    stream_window: int = 2 * _MIB
+    stream_send_buffer: int = 1 * _MIB
+    max_datagram_size: int = 1452
+    retry: bool = False
+    graceful_stop_timeout: float = 5.0
+    datagrams: bool = False
+    congestion_control: Literal["reno", "cubic"] = "reno"
+    initial_rtt: float = 0.1
+    pacing: bool = True
+    gso: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.alpn, str) or not self.alpn or len(self.alpn.encode()) > 255:
+            raise ConfigError("alpn must be a non-empty string of at most 255 bytes")
+        for name in ("idle_timeout", "handshake_timeout", "graceful_stop_timeout", "initial_rtt"):
+            _positive_time(name, getattr(self, name))
+        if self.keepalive_interval is not None:
+            _positive_time("keepalive_interval", self.keepalive_interval)
+            if self.keepalive_interval >= self.idle_timeout:
+                raise ConfigError(
+                    f"keepalive_interval ({self.keepalive_interval}) must be shorter than "
+                    f"idle_timeout ({self.idle_timeout})"
+                )
+        _int_range("max_connections", self.max_connections, 1, 1 << 20)
+        _int_range("max_streams", self.max_streams, 1, 1 << 20)
+        _int_range("stream_window", self.stream_window, 16 * _KIB, 1 << 30)
+        _int_range("connection_window", self.connection_window, self.stream_window, 1 << 32)
+        _int_range("stream_send_buffer", self.stream_send_buffer, 1 * _KIB, 1 << 30)
+        _int_range(
+            "max_datagram_size", self.max_datagram_size, MIN_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE_LIMIT
+        )
+        if self.congestion_control not in ("reno", "cubic"):
+            raise ConfigError("congestion_control must be 'reno' or 'cubic'")
+        for name in ("retry", "datagrams", "pacing", "gso"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool")
+
+
+def _positive_time(name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def _int_range(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an int in [{low}, {high}], got {value!r}")

@@ -1,0 +1,558 @@
+"""QUICSocket: one UDP socket shared by a server and any number of clients.
+
+Datagrams are routed to connections by destination connection id (every connection on
+the socket uses :data:`~quic_rpc.quic.engine.CONNECTION_ID_LENGTH`). Reading drains the
+socket (many datagrams per wake-up) and each touched connection is flushed once per
+event-loop turn, so sends go out in bursts. On Linux, bursts to one address leave in a
+single ``sendmsg`` with UDP segmentation offload (GSO) when the kernel supports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import socket as _socket
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+from .engine import (
+    CONNECTION_ID_LENGTH,
+    parse_header,
+    stateless_reset_token,
+    version_negotiation,
+)
+from .errors import SocketClosedError
+
+if TYPE_CHECKING:
+    from .connection import QUICConnection
+    from .server import QUICServer
+
+__all__ = ["QUICSocket", "gso_supported"]
+
+_log = logging.getLogger(__name__)
+
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+_MAX_GSO_SEGMENTS = 64
+_MAX_GSO_BYTES = 65000
+_RECV_BATCH = 256
+_SEND_QUEUE_LIMIT = 4096
+_RESET_RATE = 100  # stateless resets per second at most
+_MIN_INITIAL_SIZE = 1200
+
+Address = tuple[str, int]
+IOMode = Literal["auto", "selector", "transport"]
+
+
+def gso_supported() -> bool:
+    """Whether this kernel accepts UDP_SEGMENT (Linux GSO) on a UDP socket."""
+    if not sys.platform.startswith("linux") or not hasattr(_socket.socket, "sendmsg"):
+        return False
+    probe = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        probe.setsockopt(_SOL_UDP, _UDP_SEGMENT, 1200)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+class _TransportProtocol(asyncio.DatagramProtocol):
+    """Portable I/O: an asyncio datagram endpoint (used where add_reader is missing)."""
+
+    def __init__(self, owner: QUICSocket) -> None:
+        self._owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._owner._dispatch(data, addr, self._owner._loop.time())
+        self._owner._schedule_flush(None)
+
+    def error_received(self, exc: Exception) -> None:
+        _log.debug("UDP error on %r: %s", self._owner, exc)
+
+
+class QUICSocket:
+    """One UDP endpoint (IPv4, IPv6, or dual-stack on ``"::"``) for QUIC connections.
+
+    ``io`` picks the I/O path: ``"selector"`` reads the socket directly in batches (with
+    GSO where available), ``"transport"`` uses a portable asyncio datagram endpoint,
+    ``"auto"`` prefers the former. ``reset_key`` (32 bytes) derives stateless-reset
+    tokens; keep it stable across restarts to let peers learn quickly that old
+    connections are gone.
+    """
+
+    def __init__(
+        self,
+        host: str = "::",
+        port: int = 0,
+        *,
+        io: IOMode = "auto",
+        gso: bool = True,
+        reset_key: bytes | None = None,
+    ) -> None:
+        if io not in ("auto", "selector", "transport"):
+            raise ValueError(f"io must be 'auto', 'selector' or 'transport', not {io!r}")
+        self._host = host
+        self._port = port
+        self._io: IOMode = io
+        self._want_gso = gso
+        self._reset_key = reset_key if reset_key is not None else os.urandom(32)
+        self._sock: _socket.socket | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by start()
+        self._family = _socket.AF_INET
+        self._local: Address = ("", 0)
+        self._routes: dict[bytes, QUICConnection] = {}
+        self._connections: set[QUICConnection] = set()
+        self._server: QUICServer | None = None
+        self._dirty: dict[QUICConnection, None] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        self._send_queue: deque[tuple[bytes, Address]] = deque()
+        self._writer_registered = False
+        self._gso = False
+        self._reset_tokens = float(_RESET_RATE)
+        self._reset_refill = 0.0
+        self._closed = False
+        self.on_unrouted: Callable[[bytes, Address], None] | None = None
+        """Called with datagrams that belong to no connection (e.g. hole-punch packets)."""
+        self.datagrams_dropped = 0
+
+    def __repr__(self) -> str:
+        return f"<QUICSocket {self._local[0]}:{self._local[1]}>"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    async def bind(
+        cls,
+        host: str = "::",
+        port: int = 0,
+        *,
+        io: IOMode = "auto",
+        gso: bool = True,
+        reset_key: bytes | None = None,
+    ) -> QUICSocket:
+        """Create and open a socket bound to ``host``:``port`` (0 picks a free port)."""
+        sock = cls(host, port, io=io, gso=gso, reset_key=reset_key)
+        await sock.start()
+        return sock
+
+    async def start(self) -> None:
+        """Bind the UDP socket and start reading."""
+        if self._sock is not None or self._closed:
+            raise SocketClosedError("the socket was already started or closed")
+        self._loop = asyncio.get_running_loop()
+        infos = await self._loop.getaddrinfo(
+            self._host, self._port, type=_socket.SOCK_DGRAM, flags=_socket.AI_PASSIVE
+        )
+        if not infos:
+            raise OSError(f"cannot resolve {self._host!r}")
+        family, _, _, _, sockaddr = infos[0]
+        sock = _socket.socket(family, _socket.SOCK_DGRAM)
+        try:
+            if family == _socket.AF_INET6:
+                dual = ipaddress.ip_address(sockaddr[0]) == ipaddress.IPv6Address("::")
+                sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0 if dual else 1)
+            for opt in (_socket.SO_RCVBUF, _socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(_socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            sock.bind(sockaddr)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._family = family
+        bound = sock.getsockname()
+        self._local = (_display(bound[0]), int(bound[1]))
+        mode = self._io
+        if mode == "auto":
+            mode = "selector"
+            try:
+                self._loop.add_reader(sock.fileno(), self._on_readable)
+            except NotImplementedError:
+                mode = "transport"
+        elif mode == "selector":
+            self._loop.add_reader(sock.fileno(), self._on_readable)
+        if mode == "transport":
+            transport, _ = await self._loop.create_datagram_endpoint(
+                lambda: _TransportProtocol(self), sock=sock
+            )
+            self._transport = transport
+        else:
+            self._gso = self._want_gso and gso_supported()
+        self._io = mode
+
+    async def close(self) -> None:
+        """Abort every connection, detach the server and close the UDP socket."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in list(self._connections):
+            conn.abort("socket closed")
+        if self._server is not None:
+            self._server._socket_closed()
+            self._server = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._dirty.clear()
+        self._send_queue.clear()
+        sock = self._sock
+        self._sock = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            await asyncio.sleep(0)  # let the transport finish closing the socket
+        elif sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            if self._writer_registered:
+                self._loop.remove_writer(sock.fileno())
+                self._writer_registered = False
+            sock.close()
+
+    async def __aenter__(self) -> QUICSocket:
+        if self._sock is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- public properties -------------------------------------------------------------
+
+    @property
+    def local_address(self) -> Address:
+        """The bound (host, port)."""
+        return self._local
+
+    @property
+    def is_open(self) -> bool:
+        return self._sock is not None and not self._closed
+
+    @property
+    def io_mode(self) -> str:
+        return self._io
+
+    @property
+    def gso_enabled(self) -> bool:
+        return self._gso
+
+    @property
+    def connections(self) -> list[QUICConnection]:
+        """Every connection on this socket, client and server side."""
+        return list(self._connections)
+
+    def send_punch(self, host: str, port: int, payload: bytes = b"quicshift-punch") -> None:
+        """Send one raw datagram from this socket (hole punching opens the NAT mapping)."""
+        self._check_open()
+        addr = self._native_address(host, port)
+        self._sendto(bytes(payload), addr)
+
+    # -- used by connections, clients and the server -----------------------------------
+
+    def _check_open(self) -> None:
+        if self._sock is None or self._closed:
+            raise SocketClosedError("the QUIC socket is not open")
+
+    def _native_address(self, host: str, port: int) -> Address:
+        """A numeric address in the exact form this socket reports peers in."""
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        scope = "%" + host.split("%", 1)[1] if "%" in host else ""
+        if self._family == _socket.AF_INET6:
+            if ip.version == 4:
+                text = "::ffff:" + str(ip)
+            else:
+                text = _socket.inet_ntop(_socket.AF_INET6, ip.packed) + scope
+            return (text, port)
+        if ip.version == 6:
+            mapped = ipaddress.IPv6Address(ip.packed).ipv4_mapped
+            if mapped is None:
+                raise OSError(f"cannot reach IPv6 address {host} from an IPv4 socket")
+            ip = mapped
+        return (str(ip), port)
+
+    async def _resolve(self, host: str, port: int) -> Address:
+        try:
+            return self._native_address(host, port)
+        except ValueError:
+            pass
+        family = _socket.AF_UNSPEC if self._family == _socket.AF_INET6 else _socket.AF_INET
+        infos = await self._loop.getaddrinfo(host, port, family=family, type=_socket.SOCK_DGRAM)
+        if not infos:
+            raise OSError(f"cannot resolve {host!r}")
+        return self._native_address(str(infos[0][4][0]), port)
+
+    def _add_connection(self, conn: QUICConnection, cids: Iterable[bytes]) -> None:
+        self._connections.add(conn)
+        for cid in cids:
+            self._routes[cid] = conn
+
+    def _add_route(self, cid: bytes, conn: QUICConnection) -> None:
+        if conn in self._connections:
+            self._routes[cid] = conn
+
+    def _remove_route(self, cid: bytes, conn: QUICConnection) -> None:
+        if self._routes.get(cid) is conn:
+            del self._routes[cid]
+
+    def _connection_finalized(self, conn: QUICConnection) -> None:
+        self._connections.discard(conn)
+        for cid in [cid for cid, c in self._routes.items() if c is conn]:
+            del self._routes[cid]
+        self._dirty.pop(conn, None)
+
+    def _attach_server(self, server: QUICServer) -> None:
+        self._check_open()
+        if self._server is not None and self._server is not server:
+            raise RuntimeError("a server is already attached to this socket")
+        self._server = server
+
+    def _detach_server(self, server: QUICServer) -> None:
+        if self._server is server:
+            self._server = None
+
+    def _schedule_flush(self, conn: QUICConnection | None) -> None:
+        if conn is not None:
+            self._dirty[conn] = None
+        if self._flush_handle is None and not self._closed:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        while self._dirty:
+            dirty = list(self._dirty)
+            self._dirty.clear()
+            for conn in dirty:
+                try:
+                    conn._flush()
+                except Exception:
+                    _log.exception("flushing %r failed; aborting it", conn)
+                    conn.abort("internal error")
+
+    # -- receive path ----------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        now = self._loop.time()
+        for _ in range(_RECV_BATCH):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+                _log.debug("recvfrom on %r: %s", self, exc)
+                continue
+            self._dispatch(data, addr, now)
+        if self._dirty:
+            self._flush()
+
+    def _dispatch(self, data: bytes, addr: tuple[Any, ...], now: float) -> None:
+        peer: Address = (addr[0], addr[1])
+        if not data:
+            return
+        first = data[0]
+        cid_len = CONNECTION_ID_LENGTH
+        if first & 0x80:
+            if len(data) < 7:
+                self._unrouted(data, peer)
+                return
+            dcid = data[6 : 6 + data[5]]
+        else:
+            dcid = data[1 : 1 + cid_len]
+        conn = self._routes.get(dcid)
+        if conn is not None:
+            conn._datagram_received(data, peer, now)
+            self._dirty[conn] = None
+            return
+        if not first & 0x40:
+            # QUIC v1 always sets the fixed bit: this is not QUIC (a punch, or garbage)
+            self._unrouted(data, peer)
+            return
+        if not first & 0x80:
+            if len(data) >= 21 and self._stateless_reset_received(data[-16:], peer):
+                return
+            self._maybe_stateless_reset(data, dcid, peer, now)
+            return
+        header = parse_header(data, cid_len)
+        if header is None:
+            self._unrouted(data, peer)
+            return
+        if len(data) >= _MIN_INITIAL_SIZE:
+            reply = version_negotiation(header)
+            if reply is not None:
+                self._sendto(reply, peer)
+                return
+        server = self._server
+        if (
+            server is not None
+            and header.is_initial
+            and len(data) >= _MIN_INITIAL_SIZE
+            and len(header.destination_cid) >= 8
+        ):
+            conn = server._accept_initial(header, data, peer, now)
+            if conn is not None:
+                self._dirty[conn] = None
+            return
+        self.datagrams_dropped += 1
+
+    def _unrouted(self, data: bytes, peer: Address) -> None:
+        callback = self.on_unrouted
+        if callback is None:
+            self.datagrams_dropped += 1
+            return
+        try:
+            callback(data, (_display(peer[0]), peer[1]))
+        except Exception:
+            _log.exception("on_unrouted callback failed")
+
+    def _stateless_reset_received(self, token: bytes, peer: Address) -> bool:
+        for conn in list(self._connections):
+            if conn._engine.get_peer_address() == peer and conn._engine.is_stateless_reset(token):
+                conn._stateless_reset()
+                return True
+        return False
+
+    def _maybe_stateless_reset(self, data: bytes, dcid: bytes, peer: Address, now: float) -> None:
+        self.datagrams_dropped += 1
+        # RFC 9000 10.3: smaller than the packet that triggered it, and at least 21 bytes
+        # long; never answer packets so small that a reset could loop.
+        if len(data) < 43:
+            return
+        self._reset_tokens = min(
+            float(_RESET_RATE), self._reset_tokens + (now - self._reset_refill) * _RESET_RATE
+        )
+        self._reset_refill = now
+        if self._reset_tokens < 1:
+            return
+        self._reset_tokens -= 1
+        size = min(len(data) - 1, 42)
+        body = bytearray(os.urandom(size - 16))
+        body[0] = 0x40 | (body[0] & 0x3F)
+        self._sendto(bytes(body) + stateless_reset_token(self._reset_key, dcid), peer)
+
+    # -- send path -------------------------------------------------------------------
+
+    def _send_datagrams(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        if self._sock is None:
+            return
+        if self._transport is not None:
+            for data, addr in datagrams:
+                self._transport.sendto(data, addr)
+            return
+        if self._send_queue:
+            for data, addr in datagrams:
+                self._enqueue(data, addr)
+            return
+        if not self._gso or len(datagrams) < 2:
+            for index, (data, addr) in enumerate(datagrams):
+                if not self._try_send(data, addr):
+                    for rest in datagrams[index + 1 :]:
+                        self._enqueue(*rest)
+                    return
+            return
+        index = 0
+        count = len(datagrams)
+        while index < count:
+            data, addr = datagrams[index]
+            size = len(data)
+            end = index + 1
+            total = size
+            while (
+                end < count
+                and end - index < _MAX_GSO_SEGMENTS
+                and datagrams[end][1] == addr
+                and len(datagrams[end][0]) <= size
+                and total + len(datagrams[end][0]) <= _MAX_GSO_BYTES
+            ):
+                total += len(datagrams[end][0])
+                end += 1
+                if len(datagrams[end - 1][0]) < size:
+                    break  # only the last segment may be shorter
+            if end - index == 1:
+                ok = self._try_send(data, addr)
+            else:
+                ok = self._try_send_gso([d for d, _ in datagrams[index:end]], size, addr)
+            if not ok:
+                for rest in datagrams[index:]:
+                    self._enqueue(*rest)
+                return
+            index = end
+
+    def _try_send(self, data: bytes, addr: Address) -> bool:
+        sock = self._sock
+        if sock is None:
+            return True
+        try:
+            sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                return False
+            _log.debug("sendto %s failed: %s", addr, exc)
+        return True
+
+    def _try_send_gso(self, segments: list[bytes], size: int, addr: Address) -> bool:
+        sock = self._sock
+        if sock is None:
+            return True
+        try:
+            sock.sendmsg(
+                [b"".join(segments)],
+                [(_SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
+                0,
+                addr,
+            )
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                return False
+            if exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                _log.info("GSO failed on %r (%s); falling back to one send per datagram", self, exc)
+                self._gso = False
+                return all(self._try_send(s, addr) for s in segments)
+            _log.debug("sendmsg %s failed: %s", addr, exc)
+        return True
+
+    def _sendto(self, data: bytes, addr: Address) -> None:
+        if self._transport is not None:
+            self._transport.sendto(data, addr)
+        elif self._send_queue or not self._try_send(data, addr):
+            self._enqueue(data, addr)
+
+    def _enqueue(self, data: bytes, addr: Address) -> None:
+        if len(self._send_queue) >= _SEND_QUEUE_LIMIT:
+            self.datagrams_dropped += 1
+            return
+        self._send_queue.append((data, addr))
+        if not self._writer_registered and self._sock is not None:
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+            self._writer_registered = True
+
+    def _on_writable(self) -> None:
+        while self._send_queue:
+            data, addr = self._send_queue[0]
+            if not self._try_send(data, addr):
+                return
+            self._send_queue.popleft()
+        if self._writer_registered and self._sock is not None:
+            self._loop.remove_writer(self._sock.fileno())
+        self._writer_registered = False
+
+
+def _display(host: str) -> str:
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+

@@ -1,0 +1,320 @@
+"""QUICStream: one bidirectional QUIC stream as a :class:`quic_rpc.streams.ByteStream`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..streams import (
+    ConnectionLostError,
+    PeerInfo,
+    StreamClosedError,
+    StreamResetError,
+    StreamStoppedError,
+)
+
+if TYPE_CHECKING:
+    from .connection import QUICConnection
+
+__all__ = ["QUICStream"]
+
+
+class QUICStream:
+    """A reliable, ordered, bidirectional byte stream with backpressure.
+
+    ``send()`` hands data to the QUIC engine only while fewer than
+    ``QUICConfig.stream_send_buffer`` bytes are unacknowledged, and waits otherwise;
+    the engine itself only sends what the peer's flow-control credit allows. Received
+    data waits here until ``receive()`` takes it, and flow-control credit is only
+    returned to the peer as it is read, so a reader that stops reading eventually
+    stops the writer.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_eof_delivered",
+        "_eof_sent",
+        "_lost",
+        "_recv_buf",
+        "_recv_buffered",
+        "_recv_eof",
+        "_recv_reset_code",
+        "_recv_stopped",
+        "_recv_waiter",
+        "_reset_sent",
+        "_send_waiter",
+        "_stop_code",
+        "stream_id",
+    )
+
+    def __init__(self, conn: QUICConnection, stream_id: int) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self._recv_buf: deque[bytes] = deque()
+        self._recv_buffered = 0
+        self._recv_eof = False
+        self._eof_delivered = False
+        self._recv_reset_code: int | None = None
+        self._recv_stopped = False
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._eof_sent = False
+        self._reset_sent = False
+        self._stop_code: int | None = None
+        self._send_waiter: asyncio.Future[None] | None = None
+        self._lost: ConnectionLostError | None = None
+
+    def __repr__(self) -> str:
+        return f"<QUICStream id={self.stream_id} conn={self._conn!r}>"
+
+    # -- ByteStream ---------------------------------------------------------------------
+
+    @property
+    def peer_info(self) -> PeerInfo:
+        return self._conn.peer_info
+
+    @property
+    def buffered_receive(self) -> int:
+        """Bytes received and waiting for ``receive()``."""
+        return self._recv_buffered
+
+    @property
+    def buffered_send(self) -> int:
+        """Bytes handed to the engine and not yet acknowledged by the peer."""
+        return self._conn._engine.stream_send_buffered(self.stream_id)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Up to ``max_bytes`` bytes; ``b""`` once the peer half-closed and all was read."""
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        while True:
+            if self._lost is not None:
+                raise self._lost_copy()
+            if self._recv_reset_code is not None:
+                raise StreamResetError(self._recv_reset_code)
+            if self._recv_buf:
+                return self._take(max_bytes)
+            if self._recv_eof:
+                if not self._eof_delivered:
+                    self._eof_delivered = True
+                    self._conn._stream_progress(self)
+                return b""
+            if self._recv_stopped:
+                raise StreamClosedError("receiving was stopped on this stream")
+            if self._recv_waiter is not None:
+                raise RuntimeError("another task is already receiving on this stream")
+            waiter = self._conn._loop.create_future()
+            self._recv_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._recv_waiter = None
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data``; waits while the send buffer or the peer's window is full."""
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        limit = self._conn._config.stream_send_buffer
+        engine = self._conn._engine
+        while True:
+            self._check_sendable()
+            if not view:
+                return
+            buffered = engine.stream_send_buffered(self.stream_id)
+            room = limit - buffered
+            if room <= 0:
+                await self._wait_writable()
+                continue
+            chunk = view[:room]
+            engine.send_stream_data(self.stream_id, bytes(chunk))
+            view = view[len(chunk) :]
+            self._conn._schedule_flush()
+
+    async def send_eof(self) -> None:
+        """Half-close: the peer's ``receive()`` returns ``b""`` after the data sent so far."""
+        if self._lost is not None:
+            raise self._lost_copy()
+        if self._stop_code is not None:
+            raise StreamStoppedError(self._stop_code)
+        if self._reset_sent:
+            raise StreamClosedError("the stream was reset")
+        if self._eof_sent:
+            return
+        self._eof_sent = True
+        self._conn._engine.send_stream_data(self.stream_id, b"", end_stream=True)
+        self._conn._schedule_flush()
+        self._conn._stream_progress(self)
+
+    def reset(self, code: int) -> None:
+        """Abandon our sending side with application error ``code`` (RESET_STREAM)."""
+        _check_code(code)
+        if self._lost is not None or self._reset_sent or self._stop_code is not None:
+            return
+        self._reset_sent = True
+        try:
+            self._conn._engine.reset_stream(self.stream_id, code)
+        except ValueError:
+            pass  # the engine already discarded the finished stream
+        self._conn._schedule_flush()
+        self._wake_sender()
+        self._conn._stream_progress(self)
+
+    def stop_sending(self, code: int) -> None:
+        """Ask the peer to abandon its sending side with ``code`` (STOP_SENDING)."""
+        _check_code(code)
+        if self._lost is not None or self._recv_stopped:
+            return
+        self._recv_stopped = True
+        self._discard_received()
+        if not (self._recv_eof or self._recv_reset_code is not None):
+            try:
+                self._conn._engine.stop_stream(self.stream_id, code)
+            except ValueError:
+                pass  # the engine already discarded the finished stream
+            self._conn._schedule_flush()
+        self._wake_receiver()
+        self._conn._stream_progress(self)
+
+    def abort(self, code: int) -> None:
+        """Reset our side and stop the peer's: both directions end with ``code``."""
+        self.reset(code)
+        self.stop_sending(code)
+
+    async def aclose(self) -> None:
+        """Finish sending if still open, and stop receiving if data is left unread."""
+        if self._lost is not None:
+            return
+        if not (self._eof_sent or self._reset_sent or self._stop_code is not None):
+            await self.send_eof()
+        if not (self._eof_delivered or self._recv_reset_code is not None or self._recv_stopped):
+            if self._recv_eof and not self._recv_buf:
+                self._eof_delivered = True
+                self._conn._stream_progress(self)
+            else:
+                self.stop_sending(0)
+
+    # -- state used by the connection ------------------------------------------------
+
+    @property
+    def send_done(self) -> bool:
+        """Our sending side is over: reset, stopped by the peer, or FIN acknowledged."""
+        if self._lost is not None or self._reset_sent or self._stop_code is not None:
+            return True
+        return self._eof_sent and self._conn._engine.stream_send_finished(self.stream_id)
+
+    @property
+    def receive_done(self) -> bool:
+        """Our receiving side is over: EOF read, reset by the peer, or stopped by us."""
+        return (
+            self._lost is not None
+            or self._eof_delivered
+            or self._recv_reset_code is not None
+            or self._recv_stopped
+        )
+
+    @property
+    def waiting_to_send(self) -> bool:
+        return self._send_waiter is not None
+
+    def _on_data(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            if self._recv_stopped or self._recv_reset_code is not None:
+                self._conn._engine.data_delivered(len(data))
+                self._conn._consumed(self.stream_id, len(data))
+            else:
+                self._recv_buf.append(data)
+                self._recv_buffered += len(data)
+                self._conn._engine.data_delivered(len(data))
+        if end_stream:
+            self._recv_eof = True
+        self._wake_receiver()
+
+    def _on_reset(self, code: int) -> None:
+        if self._recv_eof and not self._recv_buf:
+            # Everything arrived already; a late reset changes nothing for the reader.
+            return
+        self._recv_reset_code = code
+        self._discard_received()
+        self._wake_receiver()
+        self._conn._stream_progress(self)
+
+    def _on_stop_sending(self, code: int) -> None:
+        if self._stop_code is None and not self._reset_sent:
+            self._stop_code = code
+        self._wake_sender()
+        self._conn._stream_progress(self)
+
+    def _on_connection_lost(self, error: ConnectionLostError) -> None:
+        if self._lost is None:
+            self._lost = error
+        self._recv_buf.clear()
+        self._recv_buffered = 0
+        self._wake_receiver()
+        self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        waiter = self._send_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_receiver(self) -> None:
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _check_sendable(self) -> None:
+        if self._lost is not None:
+            raise self._lost_copy()
+        if self._stop_code is not None:
+            raise StreamStoppedError(self._stop_code)
+        if self._reset_sent:
+            raise StreamClosedError("the stream was reset; no more data can be sent")
+        if self._eof_sent:
+            raise StreamClosedError("send_eof() was called; no more data can be sent")
+
+    async def _wait_writable(self) -> None:
+        if self._send_waiter is not None:
+            raise RuntimeError("another task is already sending on this stream")
+        waiter = self._conn._loop.create_future()
+        self._send_waiter = waiter
+        self._conn._writer_blocked(self)
+        try:
+            await waiter
+        finally:
+            self._send_waiter = None
+
+    def _take(self, max_bytes: int) -> bytes:
+        head = self._recv_buf[0]
+        if len(head) <= max_bytes:
+            self._recv_buf.popleft()
+            # Coalesce small pieces up to max_bytes to save round trips through the loop.
+            parts = [head]
+            total = len(head)
+            while self._recv_buf and total + len(self._recv_buf[0]) <= max_bytes:
+                piece = self._recv_buf.popleft()
+                parts.append(piece)
+                total += len(piece)
+            out = parts[0] if len(parts) == 1 else b"".join(parts)
+        else:
+            out = head[:max_bytes]
+            self._recv_buf[0] = head[max_bytes:]
+        self._recv_buffered -= len(out)
+        self._conn._consumed(self.stream_id, len(out))
+        return out
+
+    def _discard_received(self) -> None:
+        if self._recv_buffered:
+            size = self._recv_buffered
+            self._recv_buf.clear()
+            self._recv_buffered = 0
+            self._conn._consumed(self.stream_id, size)
+
+    def _lost_copy(self) -> ConnectionLostError:
+        assert self._lost is not None
+        return ConnectionLostError(self._lost.reason, error_code=self._lost.error_code)
+
+
+def _check_code(code: int) -> None:
+    if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < (1 << 62):
+        raise ValueError(f"application error codes are integers in [0, 2**62), got {code!r}")

@@ -1,0 +1,1 @@
+"""Tests of the network lab (tests/netlab) itself."""
