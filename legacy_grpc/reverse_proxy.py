@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from legacy_grpc._splice import splice
 from legacy_grpc.errors import HandshakeError, PeerRefusedError, ProxyStateError
@@ -41,8 +42,10 @@ class ReverseProxyStatistics:
 
 
 def parse_grpc_peer(peer: str) -> tuple[str, int]:
-    """Parse grpc's ``context.peer()`` (``ipv4:H:P``, ``ipv6:[H]:P``) into ``(host, port)``."""
+    """Parse grpc's ``context.peer()`` (``ipv4:H:P``, ``ipv6:[H]:P``, ``ipv6:%5BH%5D:P``)
+    into ``(host, port)``; raises ValueError for anything else."""
     scheme, sep, rest = peer.partition(":")
+    rest = unquote(rest)
     if not sep or scheme not in ("ipv4", "ipv6"):
         raise ValueError(f"not a grpc TCP peer string: {peer!r}")
     host, sep, port_text = rest.rpartition(":")

@@ -147,7 +147,9 @@ def check(protos_dir: Path = PROTOS_DIR, out: list[str] | None = None) -> bool:
             directory = (root / rel).parent
             while directory != root:
                 if not (directory / "__init__.py").exists():
-                    report.append(f"missing package marker: {directory.relative_to(root)}/__init__.py")
+                    report.append(
+                        f"missing package marker: {directory.relative_to(root)}/__init__.py"
+                    )
                 directory = directory.parent
     return not report
 
@@ -169,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if check(out=problems):
                 print("protos: generated code is up to date")
                 return 0
-            print("protos: generated code is stale; run `python -m protos.generate`", file=sys.stderr)
+            print(
+                "protos: generated code is stale; run `python -m protos.generate`", file=sys.stderr
+            )
             for problem in dict.fromkeys(problems):
                 print(problem, file=sys.stderr)
             return 1

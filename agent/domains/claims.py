@@ -136,7 +136,10 @@ class ClaimSignature:
             if not isinstance(cert, bytes) or not 0 < len(cert) <= _MAX_CERT_BYTES:
                 raise InvalidInputError("signer chain certificates must be non-empty DER bytes")
         object.__setattr__(self, "signer_chain", chain)
-        if not isinstance(self.signature, bytes) or not 0 < len(self.signature) <= _MAX_SIGNATURE_BYTES:
+        if (
+            not isinstance(self.signature, bytes)
+            or not 0 < len(self.signature) <= _MAX_SIGNATURE_BYTES
+        ):
             raise InvalidInputError("signature must be 1..1024 bytes")
 
 

@@ -184,9 +184,7 @@ class NodeGraph:
         evicted: NodeId | None = None
         with self._state.transaction() as conn:
             (touched,) = conn.execute("SELECT COALESCE(MAX(touched), 0) + 1 FROM nodes").fetchone()
-            known = conn.execute(
-                "SELECT 1 FROM nodes WHERE node_id = ?", (node_id.raw,)
-            ).fetchone()
+            known = conn.execute("SELECT 1 FROM nodes WHERE node_id = ?", (node_id.raw,)).fetchone()
             if known is None:
                 (count,) = conn.execute(
                     "SELECT COUNT(*) FROM nodes WHERE bucket = ?", (bucket,)

@@ -221,7 +221,11 @@ class NotificationInbox:
         if not isinstance(notification, Notification):
             raise InvalidInputError("expected a Notification")
         received = int(time.time() * 1000) if received_at_ms is None else received_at_ms
-        if isinstance(received, bool) or not isinstance(received, int) or not 0 <= received <= _MAX_TIME:
+        if (
+            isinstance(received, bool)
+            or not isinstance(received, int)
+            or not 0 <= received <= _MAX_TIME
+        ):
             raise InvalidInputError("received_at_ms must be a non-negative 63-bit int")
         with self._state.transaction() as conn:
             row = conn.execute(
@@ -267,7 +271,9 @@ class NotificationInbox:
         sql += " ORDER BY entry_id " + ("ASC" if ascending else "DESC") + " LIMIT ?"
         params.append(request.page_size + 1)
         rows = [self._entry(r) for r in self._state.query(sql, params)]
-        return page_from_rows(rows, request, _CURSOR_NAMESPACE, lambda e: encode_int_key(e.entry_id))
+        return page_from_rows(
+            rows, request, _CURSOR_NAMESPACE, lambda e: encode_int_key(e.entry_id)
+        )
 
     def all(self) -> list[InboxEntry]:
         """Every entry, oldest first."""

@@ -147,8 +147,9 @@ def paginate_sorted(
     """Paginate an in-memory collection by a unique bytes key (compared bytewise)."""
     after = decode_cursor(namespace, request.cursor, request.order)
     descending = request.order is SortOrder.DESC
-    keyed = sorted(((sort_key(item), item) for item in items), key=lambda p: p[0],
-                   reverse=descending)
+    keyed = sorted(
+        ((sort_key(item), item) for item in items), key=lambda p: p[0], reverse=descending
+    )
     if after is not None:
         if descending:
             keyed = [p for p in keyed if p[0] < after]

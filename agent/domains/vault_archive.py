@@ -93,7 +93,9 @@ def write_archive(
         if previous is not None and encoded <= previous:
             raise InvalidInputError("archive files must be in strictly increasing path order")
         previous = encoded
-        yield from emit(_FILE_TAG + struct.pack(">I", len(encoded)) + encoded + struct.pack(">Q", size))
+        yield from emit(
+            _FILE_TAG + struct.pack(">I", len(encoded)) + encoded + struct.pack(">Q", size)
+        )
         remaining = size
         while remaining:
             data = stream.read(min(remaining, chunk_size))

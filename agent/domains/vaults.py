@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -118,7 +118,9 @@ def check_vault_name(name: str) -> str:
     if not 0 < len(name) <= MAX_VAULT_NAME:
         raise InvalidInputError(f"vault name must be 1..{MAX_VAULT_NAME} characters")
     if not name.isprintable() or name != name.strip():
-        raise InvalidInputError(f"vault name must be printable with no surrounding spaces: {name!r}")
+        raise InvalidInputError(
+            f"vault name must be printable with no surrounding spaces: {name!r}"
+        )
     return name
 
 
@@ -323,7 +325,9 @@ class VaultStore:
             for part in path.split("/")[:-1]:
                 parent = parent / part
                 if parent.exists() and not parent.is_dir():
-                    raise InvalidInputError(f"{parent.relative_to(gen_dir)!s} is a file, not a directory")
+                    raise InvalidInputError(
+                        f"{parent.relative_to(gen_dir)!s} is a file, not a directory"
+                    )
             if target.is_dir():
                 raise InvalidInputError(f"{path!r} is a directory")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +383,9 @@ class VaultStore:
 
     # -- pull ------------------------------------------------------------------------
 
-    def archive_chunks(self, name: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+    def archive_chunks(
+        self, name: str, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> Generator[bytes, None, None]:
         """Vault ``name`` as a deterministic archive byte stream, in chunks.
 
         Raises NotFoundError (on first ``next``) if there is no such vault. Each file is

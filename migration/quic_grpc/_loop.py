@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-__all__ = ["io_loop", "run_on_loop", "submit_on_loop"]
+__all__ = ["call_on_loop", "io_loop", "run_on_loop", "submit_on_loop"]
 
 T = TypeVar("T")
 
@@ -53,6 +53,18 @@ def submit_on_loop(coro: Coroutine[Any, Any, T]) -> Future[T]:
 def run_on_loop(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run ``coro`` on the I/O loop and block the calling thread for its result."""
     return submit_on_loop(coro).result(timeout)
+
+
+def call_on_loop(fn: Callable[[], T]) -> T:
+    """Run a plain function on the I/O loop (directly when already there) and return."""
+    loop = io_loop()
+    if _on_loop_thread(loop):
+        return fn()
+
+    async def call() -> T:
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(call(), loop).result()
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

@@ -27,7 +27,7 @@ def format_peer(info: PeerInfo | None) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return f"ipv4:{address.ipv4_mapped}:{info.remote_port}"
-        return f"ipv6:[{host}]:{info.remote_port}"
+        return f"ipv6:%5B{host}%5D:{info.remote_port}"
     return f"ipv4:{host}:{info.remote_port}"
 
 

@@ -49,6 +49,10 @@ class ServerPort(Protocol):
     @property
     def port(self) -> int: ...
 
+    async def open(self) -> None:
+        """Bind now (the sync server does this in ``add_secure_port``)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def stop(self, grace: float | None) -> None: ...
@@ -56,7 +60,12 @@ class ServerPort(Protocol):
 
 class PortBinder(Protocol):
     def __call__(
-        self, address: str, credentials: QUICServerCredentials, dispatch: ServerDispatch
+        self,
+        address: str,
+        credentials: QUICServerCredentials,
+        dispatch: ServerDispatch,
+        *,
+        options: Sequence[tuple[str, Any]] | None = None,
     ) -> ServerPort: ...
 
 
@@ -266,7 +275,7 @@ class _Dispatcher:
         )
         inner = asyncio.get_running_loop().create_task(self._invoke_aio(handler, context))
         context._task = inner
-        state.add_callback(inner.cancel)
+        state.add_callback(lambda: _cancel_task(inner))
         exc: BaseException | None = None
         try:
             await inner
@@ -366,6 +375,10 @@ def _serialize_or_raise(serializer: Callable[[Any], bytes] | None, message: Any)
         raise SerializeError("Failed to serialize response!") from exc
 
 
+def _cancel_task(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+
+
 def _ignore_result(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -428,6 +441,7 @@ class Server:
             executor=thread_pool,
         )
         self._binder = binder or _default_binder()
+        self._options = options
         self._ports: list[ServerPort] = []
         self._started = False
         self._stopped = threading.Event()
@@ -457,7 +471,9 @@ class Server:
         dispatch = self._dispatcher.dispatch
 
         async def bind() -> ServerPort:
-            return self._binder(address, credentials, dispatch)
+            port = self._binder(address, credentials, dispatch, options=self._options)
+            await port.open()
+            return port
 
         port = run_on_loop(bind())
         self._ports.append(port)
@@ -528,6 +544,7 @@ class AioServer:
             executor=migration_thread_pool,
         )
         self._binder = binder or _default_binder()
+        self._options = options
         self._ports: list[ServerPort] = []
         self._started = False
         self._stopped: asyncio.Event | None = None
@@ -552,7 +569,9 @@ class AioServer:
     def add_secure_port(self, address: str, server_credentials: Any) -> int:
         if self._started:
             raise UsageError("add ports before start()")
-        port = self._binder(address, _check_credentials(server_credentials), self.dispatch)
+        port = self._binder(
+            address, _check_credentials(server_credentials), self.dispatch, options=self._options
+        )
         self._ports.append(port)
         return port.port
 
@@ -578,7 +597,7 @@ class AioServer:
                 self._stopped = asyncio.Event()
             self._stopped.set()
 
-    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until the server stopped; True if ``timeout`` passed first (as grpc)."""
         if self._stopped is None:
             self._stopped = asyncio.Event()

@@ -32,5 +32,6 @@ def to_status_code(code: Any) -> StatusCode:
         return code_from_number(value)
     name = getattr(code, "name", None)
     if isinstance(name, str) and name in StatusCode.__members__:
-        return StatusCode[name]
+        member: StatusCode = StatusCode.__members__[name]
+        return member
     raise TypeError(f"not a gRPC status code: {code!r}")

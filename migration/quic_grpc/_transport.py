@@ -53,6 +53,8 @@ class ServerCallInfo:
     metadata: MetadataTuple
     deadline: float | None
     peer: PeerInfo
+    streaming: tuple[bool, bool] | None = None
+    """(request_streaming, response_streaming) of the call as the client made it."""
 
 
 class ServerCallIO(Protocol):
@@ -114,8 +116,14 @@ class ClientTransport(Protocol):
     """Opens calls to one target."""
 
     async def open_call(
-        self, method: str, metadata: MetadataTuple, deadline: float | None
-    ) -> ClientCallIO: ...
+        self,
+        method: str,
+        metadata: MetadataTuple,
+        deadline: float | None,
+        streaming: tuple[bool, bool],
+    ) -> ClientCallIO:
+        """Start a call; ``streaming`` is (request_streaming, response_streaming)."""
+        ...
 
     async def wait_ready(self) -> None:
         """Connect (if not yet) and return once calls can be made; raise if it can't."""
@@ -245,10 +253,17 @@ class MemoryTransport:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open_call(
-        self, method: str, metadata: MetadataTuple, deadline: float | None
+        self,
+        method: str,
+        metadata: MetadataTuple,
+        deadline: float | None,
+        streaming: tuple[bool, bool],
     ) -> ClientCallIO:
-        call = _MemoryCall(ServerCallInfo(method, metadata, deadline, self._peer))
-        task = asyncio.get_running_loop().create_task(self._dispatch(_MemoryServerCall(call)))
+        call = _MemoryCall(ServerCallInfo(method, metadata, deadline, self._peer, streaming))
+        async def serve() -> None:
+            await self._dispatch(_MemoryServerCall(call))
+
+        task = asyncio.get_running_loop().create_task(serve())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return _MemoryClientCall(call, task)

@@ -23,6 +23,7 @@ from .errors import (
     CertificateRejectedByPeerError,
     DatagramError,
     HandshakeError,
+    HandshakeTimeoutError,
     PeerCertificateRejectedError,
 )
 from .stream import QUICStream
@@ -96,8 +97,10 @@ class QUICConnection:
         self.datagrams_sent = 0
         self.on_datagram: Callable[[bytes], None] | None = None
         """Called with each received datagram (RFC 9221) when datagrams are enabled."""
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self._on_established: Callable[[QUICConnection], None] | None = None
         self._on_finalized: Callable[[QUICConnection], None] | None = None
+        self._on_handshake_failed: Callable[[QUICConnection], None] | None = None
 
     def __repr__(self) -> str:
         side = "client" if self.is_client else "server"
@@ -119,6 +122,11 @@ class QUICConnection:
     def is_closed(self) -> bool:
         """Closing or closed: no stream can be used any more."""
         return self._lost is not None
+
+    @property
+    def handshake_error(self) -> HandshakeError | None:
+        """Why the handshake failed, if it did."""
+        return self._handshake_error
 
     @property
     def close_reason(self) -> ConnectionLostError | None:
@@ -242,12 +250,12 @@ class QUICConnection:
         self._schedule_flush()
 
     async def aclose(
-        self, timeout: float | None = None, *, error_code: int = 0, reason: str = "shutdown"
+        self, grace: float | None = None, *, error_code: int = 0, reason: str = "shutdown"
     ) -> None:
-        """Graceful close: refuse new peer streams, let open ones finish within ``timeout``
+        """Graceful close: refuse new peer streams, let open ones finish within ``grace`` seconds
         (default ``QUICConfig.graceful_stop_timeout``), then close and wait until closed."""
         deadline = self._loop.time() + (
-            self._config.graceful_stop_timeout if timeout is None else timeout
+            self._config.graceful_stop_timeout if grace is None else grace
         )
         self._stopping = True
         if self._lost is None and (self._streams or self._handler_tasks):
@@ -415,10 +423,32 @@ class QUICConnection:
             task.exception()  # retrieved; failures were logged by _run_handler
         self._check_idle()
 
+    def _start_handshake_timer(self) -> None:
+        self._handshake_timer = self._loop.call_later(
+            self._config.handshake_timeout, self._handshake_timed_out
+        )
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self._established or self._lost is not None:
+            return
+        failure = HandshakeTimeoutError(
+            f"the handshake did not complete within {self._config.handshake_timeout:g} s"
+        )
+        self._handshake_error = failure
+        self._established_waiter.set_exception(failure)
+        self._established_waiter.exception()
+        if self._on_handshake_failed is not None:
+            self._on_handshake_failed(self)
+        self.abort("handshake timeout")
+
     def _set_established(self) -> None:
         if self._established:
             return
         self._established = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         if not self._established_waiter.done():
             self._established_waiter.set_result(None)
         callback = self._on_established
@@ -472,6 +502,8 @@ class QUICConnection:
             self._handshake_error = failure
             self._established_waiter.set_exception(failure)
             self._established_waiter.exception()  # mark retrieved; connect() re-raises
+            if self._on_handshake_failed is not None:
+                self._on_handshake_failed(self)
         for stream in list(self._streams.values()):
             stream._on_connection_lost(error)
         self._streams.clear()
@@ -495,6 +527,9 @@ class QUICConnection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         if self._lost is None:
             self._mark_lost(ConnectionLostError("connection closed"))
         for task in self._handler_tasks:

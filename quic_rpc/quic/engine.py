@@ -18,12 +18,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aioquic import tls as aioquic_tls
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
@@ -139,6 +138,7 @@ class RetryTokens:
             retry_source_connection_id=new_cid,
             now=now,
         )
+        assert header.version is not None  # only long headers reach here
         return encode_quic_retry(
             version=header.version,
             source_cid=new_cid,
@@ -234,9 +234,9 @@ class EngineConnection(QuicConnection):
                 self.packets_lost += len(list(packets)) if not isinstance(packets, list) else len(packets)
             count_lost(**kwargs)
 
-        self._loss._on_packets_lost = on_packets_lost
+        setattr(self._loss, "_on_packets_lost", on_packets_lost)  # noqa: B010
         if not config.pacing:
-            self._loss._pacer.next_send_time = _never_paced
+            setattr(self._loss._pacer, "next_send_time", _never_paced)  # noqa: B010
 
     # -- state the transport reads -------------------------------------------------
 
@@ -334,9 +334,10 @@ class EngineConnection(QuicConnection):
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
-        if not stream.max_stream_data_local or stream.receiver.is_finished:
+        stream_id = stream.stream_id
+        if stream_id is None or not stream.max_stream_data_local or stream.receiver.is_finished:
             return
-        target = self._consumed.get(stream.stream_id, 0) + self._stream_window
+        target = self._consumed.get(stream_id, 0) + self._stream_window
         if target - stream.max_stream_data_local >= self._stream_window // 2:
             stream.max_stream_data_local = target
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
@@ -346,7 +347,7 @@ class EngineConnection(QuicConnection):
                 handler=self._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
-            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream_id)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
@@ -390,7 +391,7 @@ class EngineConnection(QuicConnection):
                 check_signature(input_buf)
                 self._verify_peer(ctx)
 
-            ctx._client_handle_certificate_verify = client_handle_certificate_verify
+            setattr(ctx, "_client_handle_certificate_verify", client_handle_certificate_verify)  # noqa: B010
         else:
             ctx._request_client_certificate = True
             handle_finished = ctx._server_handle_finished
@@ -399,12 +400,13 @@ class EngineConnection(QuicConnection):
                 self._verify_peer(ctx)
                 handle_finished(input_buf, output_buf)
 
-            ctx._server_handle_finished = server_handle_finished
+            setattr(ctx, "_server_handle_finished", server_handle_finished)  # noqa: B010
 
     def _verify_peer(self, ctx: aioquic_tls.Context) -> None:
         leaf = ctx._peer_certificate
         if leaf is None:
             self._reject("the peer sent no certificate")
+            return
         der = serialization.Encoding.DER
         chain = (leaf, *ctx._peer_certificate_chain)
         chain_der = tuple(cert.public_bytes(der) for cert in chain)

@@ -46,6 +46,7 @@ _SEND_QUEUE_LIMIT = 4096
 _RESET_RATE = 100  # stateless resets per second at most
 _MIN_INITIAL_SIZE = 1200
 
+PUNCH_PAYLOAD = b"\x00quicshift-punch"
 Address = tuple[str, int]
 IOMode = Literal["auto", "selector", "transport"]
 
@@ -250,8 +251,11 @@ class QUICSocket:
         """Every connection on this socket, client and server side."""
         return list(self._connections)
 
-    def send_punch(self, host: str, port: int, payload: bytes = b"quicshift-punch") -> None:
-        """Send one raw datagram from this socket (hole punching opens the NAT mapping)."""
+    def send_punch(self, host: str, port: int, payload: bytes = PUNCH_PAYLOAD) -> None:
+        """Send one raw datagram from this socket (hole punching opens the NAT mapping).
+
+        The default payload has the QUIC fixed bit clear, so no QUIC stack mistakes it for
+        a packet; the receiving socket hands it to its ``on_unrouted`` callback."""
         self._check_open()
         addr = self._native_address(host, port)
         self._sendto(bytes(payload), addr)
@@ -381,6 +385,8 @@ class QUICSocket:
         if not first & 0x80:
             if len(data) >= 21 and self._stateless_reset_received(data[-16:], peer):
                 return
+            if self.on_unrouted is not None:
+                self._unrouted(data, peer)
             self._maybe_stateless_reset(data, dcid, peer, now)
             return
         header = parse_header(data, cid_len)

@@ -90,6 +90,8 @@ class QUICStream:
         while True:
             if self._lost is not None:
                 raise self._lost_copy()
+            if self._recv_stopped:
+                raise StreamClosedError("receiving was stopped on this stream")
             if self._recv_reset_code is not None:
                 raise StreamResetError(self._recv_reset_code)
             if self._recv_buf:
@@ -99,8 +101,6 @@ class QUICStream:
                     self._eof_delivered = True
                     self._conn._stream_progress(self)
                 return b""
-            if self._recv_stopped:
-                raise StreamClosedError("receiving was stopped on this stream")
             if self._recv_waiter is not None:
                 raise RuntimeError("another task is already receiving on this stream")
             waiter = self._conn._loop.create_future()
@@ -229,7 +229,7 @@ class QUICStream:
         self._wake_receiver()
 
     def _on_reset(self, code: int) -> None:
-        if self._recv_eof and not self._recv_buf:
+        if self._recv_stopped or (self._recv_eof and not self._recv_buf):
             # Everything arrived already; a late reset changes nothing for the reader.
             return
         self._recv_reset_code = code

@@ -10,6 +10,7 @@ input missing from a table is an error: :class:`LocalProtocolError` when we sent
 from __future__ import annotations
 
 import enum
+from typing import NoReturn
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .frames import CallKind
@@ -186,7 +187,7 @@ class CallStateMachine:
             self._fail("response", self.response.value, event, local)
         self.response = new
 
-    def _fail(self, direction: str, state: str, event: CallInput, local: bool) -> None:
+    def _fail(self, direction: str, state: str, event: CallInput, local: bool) -> NoReturn:
         who = "we" if local else "peer"
         message = f"{who} sent {event.value} while the {direction} direction is {state}"
         if local:

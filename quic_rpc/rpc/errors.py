@@ -27,6 +27,7 @@ __all__ = [
     "QuicRPCError",
     "RPCError",
     "RemoteProtocolError",
+    "SerializationError",
     "UnsupportedVersionError",
 ]
 
@@ -80,6 +81,12 @@ class HeaderTooLargeError(RemoteProtocolError):
 
 class InvalidMetadataError(QuicRPCError, ValueError):
     """A metadata key or value is malformed or reserved."""
+
+    error_code: ClassVar[int] = ResetCode.INTERNAL_ERROR
+
+
+class SerializationError(QuicRPCError):
+    """A message could not be serialized or deserialized (the call ends INTERNAL)."""
 
     error_code: ClassVar[int] = ResetCode.INTERNAL_ERROR
 

@@ -124,11 +124,22 @@ def _require(condition: bool, message: str) -> None:
 async def _pair(
     make_pair: PairFactory, options: ConformanceOptions
 ) -> AsyncIterator[tuple[ByteStream, ByteStream, Cleanup]]:
-    async with asyncio.timeout(options.timeout):
-        a, b, cleanup = await make_pair()
+    try:
+        async with asyncio.timeout(options.timeout):
+            a, b, cleanup = await make_pair()
+    except TimeoutError:
+        raise ConformanceError(f"make_pair did not finish within {options.timeout}s") from None
     try:
         async with asyncio.timeout(options.timeout):
             yield a, b, cleanup
+    except ConformanceError:
+        raise
+    except TimeoutError:
+        raise ConformanceError(
+            f"the check hung for {options.timeout}s (an operation never completed)"
+        ) from None
+    except Exception as exc:
+        raise ConformanceError(f"unexpected {type(exc).__name__}: {exc}") from exc
     finally:
         await cleanup()
 
@@ -168,7 +179,9 @@ def _same(expected: bytes, got: bytes, what: str) -> None:
     )
 
 
-async def _raises(awaitable: Awaitable[object], exc_type: type[BaseException], what: str) -> BaseException:
+async def _raises(
+    awaitable: Awaitable[object], exc_type: type[BaseException], what: str
+) -> BaseException:
     try:
         await awaitable
     except exc_type as exc:
@@ -376,7 +389,9 @@ async def _receive_until_reset(stream: ByteStream, what: str) -> StreamResetErro
         _require(chunk != b"", f"{what}: got EOF instead of StreamResetError")
 
 
-async def check_reset(make_pair: PairFactory, options: ConformanceOptions = DEFAULT_OPTIONS) -> None:
+async def check_reset(
+    make_pair: PairFactory, options: ConformanceOptions = DEFAULT_OPTIONS
+) -> None:
     """``a.reset(code)``: ``b.receive`` raises with that code, ``b -> a`` keeps working."""
     async with _pair(make_pair, options) as (a, b, _):
         await a.send(b"partial")
@@ -462,7 +477,9 @@ async def check_stop_sending_unblocks_pending_send(
             await _cancel(writer)
 
 
-async def check_abort(make_pair: PairFactory, options: ConformanceOptions = DEFAULT_OPTIONS) -> None:
+async def check_abort(
+    make_pair: PairFactory, options: ConformanceOptions = DEFAULT_OPTIONS
+) -> None:
     """``a.abort(code)`` resets ``a``'s sending side and stops ``b``'s, both with the code."""
     async with _pair(make_pair, options) as (a, b, _):
         a.abort(5)
@@ -470,11 +487,14 @@ async def check_abort(make_pair: PairFactory, options: ConformanceOptions = DEFA
         _require(reset.code == 5, f"abort reset code {reset.code}, expected 5")
         stopped = await _send_until_stopped(b, "send after peer abort")
         _require(stopped.code == 5, f"abort stop code {stopped.code}, expected 5")
+        await asyncio.sleep(0.05)  # let b's answer to the stop request reach a
         await _raises(a.send(b"x"), StreamClosedError, "send after own abort")
         await _raises(a.receive(), StreamClosedError, "receive after own abort")
 
 
-async def check_aclose(make_pair: PairFactory, options: ConformanceOptions = DEFAULT_OPTIONS) -> None:
+async def check_aclose(
+    make_pair: PairFactory, options: ConformanceOptions = DEFAULT_OPTIONS
+) -> None:
     """``a.aclose()`` finishes ``a``'s sending side; ``a`` is unusable afterwards."""
     async with _pair(make_pair, options) as (a, b, _):
         await a.send(b"bye")

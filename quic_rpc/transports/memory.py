@@ -208,7 +208,7 @@ class MemoryStream:
         self._check_sendable()
         self._eof_sent = True
         self._out.eof = True
-        self._out.readable.set()
+        self._out.wake()  # the reader sees EOF; a send blocked in another task fails
 
     # -- abandoning ------------------------------------------------------------------
 
@@ -265,7 +265,9 @@ class MemoryStream:
         self._in.wake()
         self._out.wake()
 
-    def close_connection(self, reason: str = "connection closed", error_code: int | None = None) -> None:
+    def close_connection(
+        self, reason: str = "connection closed", error_code: int | None = None
+    ) -> None:
         """Simulate losing the connection under this stream (and every stream sharing it).
 
         Pending and later operations on all those streams raise
@@ -337,8 +339,12 @@ class MemoryClientConnection:
         self._handler = handler
         self._buffer_size = buffer_size
         # What the client knows about the server, and the other way round.
-        self._client_view = client_peer_info if client_peer_info is not None else _default_peer_info()
-        self._server_view = server_peer_info if server_peer_info is not None else _default_peer_info()
+        self._client_view = (
+            client_peer_info if client_peer_info is not None else _default_peer_info()
+        )
+        self._server_view = (
+            server_peer_info if server_peer_info is not None else _default_peer_info()
+        )
         self._link = _Link()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -431,9 +437,13 @@ def memory_connection(
         handler,
         buffer_size=buffer_size,
         client_peer_info=(
-            client_peer_info if client_peer_info is not None else _default_peer_info(server_identity)
+            client_peer_info
+            if client_peer_info is not None
+            else _default_peer_info(server_identity)
         ),
         server_peer_info=(
-            server_peer_info if server_peer_info is not None else _default_peer_info(client_identity)
+            server_peer_info
+            if server_peer_info is not None
+            else _default_peer_info(client_identity)
         ),
     )

@@ -63,8 +63,13 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
     "MAX_ERROR_CODE",
     "MAX_WINDOW",
+    "RECV_TRANSITIONS",
+    "SEND_TRANSITIONS",
+    "VERSION",
     "EndOfStreamReceived",
     "ErrorCode",
     "FlowControlError",
@@ -80,8 +85,8 @@ __all__ = [
     "MuxSettings",
     "PingAcknowledged",
     "PingReceived",
-    "RemoteProtocolError",
     "RecvState",
+    "RemoteProtocolError",
     "SendState",
     "StopSendingReceived",
     "StreamClosed",
@@ -326,7 +331,15 @@ RECV_TRANSITIONS: Final[dict[tuple[RecvState, FrameType], RecvState]] = {
 
 
 class _Stream:
-    __slots__ = ("recv_credit", "recv_state", "recv_window", "send_state", "send_window", "stop_sent", "stream_id")
+    __slots__ = (
+        "recv_credit",
+        "recv_state",
+        "recv_window",
+        "send_state",
+        "send_window",
+        "stop_sent",
+        "stream_id",
+    )
 
     def __init__(self, stream_id: int, send_window: int, recv_window: int) -> None:
         self.stream_id = stream_id
@@ -368,8 +381,8 @@ _STREAM_FRAMES: Final = frozenset(
 class MuxConnection:
     """One side of a multiplexed connection (``client=True`` opens odd stream ids).
 
-    The HELLO is queued on construction; nothing else may be sent until the peer's HELLO
-    arrived (:attr:`handshake_complete`).
+    Call :meth:`initiate` to queue our HELLO; no stream may be opened until the peer's
+    HELLO arrived too (:attr:`handshake_complete`).
     """
 
     def __init__(self, *, client: bool, config: MuxConfig | None = None) -> None:
@@ -389,6 +402,19 @@ class MuxConnection:
         self._conn_recv_credit = 0
         self._goaway_sent_last_id: int | None = None
         self._goaway_received = False
+        self._initiated = False
+
+    def initiate(self) -> None:
+        """Queue our HELLO. Call once, before any other command except ``send_goaway``.
+
+        Kept apart from construction so that a side may check its peer (e.g. verify a
+        TLS certificate) and refuse it with a GOAWAY instead of ever greeting it.
+        """
+        if self._initiated:
+            raise LocalProtocolError("initiate() was already called")
+        if self._closed:
+            raise LocalProtocolError("the connection is closed")
+        self._initiated = True
         cfg = self._config
         self._queue(
             FrameType.HELLO,
@@ -416,7 +442,8 @@ class MuxConnection:
 
     @property
     def handshake_complete(self) -> bool:
-        return self._peer is not None
+        """True once we initiated and the peer's HELLO arrived."""
+        return self._peer is not None and self._initiated
 
     @property
     def closed(self) -> bool:
@@ -446,6 +473,7 @@ class MuxConnection:
         peer = self._peer
         return (
             peer is not None
+            and self._initiated
             and not self._closed
             and not self.going_away
             and self._local_open < peer.max_concurrent_streams
@@ -460,7 +488,9 @@ class MuxConnection:
         self._out.clear()
         return data
 
-    def _queue(self, frame_type: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> None:
+    def _queue(
+        self, frame_type: FrameType, flags: int, stream_id: int, payload: bytes = b""
+    ) -> None:
         self._out += HEADER.pack(frame_type, flags, stream_id, len(payload))
         self._out += payload
 
@@ -469,7 +499,7 @@ class MuxConnection:
     def _require_usable(self) -> MuxSettings:
         if self._closed:
             raise LocalProtocolError("the connection is closed")
-        if self._peer is None:
+        if self._peer is None or not self._initiated:
             raise LocalProtocolError("the handshake has not completed")
         return self._peer
 
@@ -566,7 +596,9 @@ class MuxConnection:
         stream = self._streams.get(stream_id)
         if stream is not None and stream.recv_state is RecvState.OPEN and not stream.stop_sent:
             if stream.recv_window + stream.recv_credit + count > cfg.initial_stream_window:
-                raise LocalProtocolError(f"acknowledged more bytes than stream {stream_id} received")
+                raise LocalProtocolError(
+                    f"acknowledged more bytes than stream {stream_id} received"
+                )
             stream.recv_credit += count
             if stream.recv_credit >= max(1, cfg.initial_stream_window // 4):
                 self._queue(FrameType.WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.recv_credit))
@@ -598,9 +630,7 @@ class MuxConnection:
         if self._closed:
             return
         encoded = reason.encode("utf-8")[:MAX_REASON]
-        self._queue(
-            FrameType.GOAWAY, 0, 0, _GOAWAY.pack(self._last_peer_id, error_code) + encoded
-        )
+        self._queue(FrameType.GOAWAY, 0, 0, _GOAWAY.pack(self._last_peer_id, error_code) + encoded)
         if self._goaway_sent_last_id is None:
             self._goaway_sent_last_id = self._last_peer_id
         if error_code != ErrorCode.NO_ERROR:
@@ -664,7 +694,10 @@ class MuxConnection:
             raise FrameSizeError(
                 f"DATA frame of {length} bytes (allowed 1..{self._config.max_frame_size})"
             )
-        if frame_type is FrameType.GOAWAY and not _GOAWAY.size <= length <= _GOAWAY.size + MAX_REASON:
+        if (
+            frame_type is FrameType.GOAWAY
+            and not _GOAWAY.size <= length <= _GOAWAY.size + MAX_REASON
+        ):
             raise FrameSizeError(f"GOAWAY frame of {length} bytes")
         if self._peer is None and frame_type not in (FrameType.HELLO, FrameType.GOAWAY):
             raise RemoteProtocolError(f"{frame_type.name} frame before HELLO")
@@ -695,7 +728,12 @@ class MuxConnection:
         return None
 
     def _handle(
-        self, frame_type: FrameType, flags: int, stream_id: int, payload: bytes, events: list[MuxEvent]
+        self,
+        frame_type: FrameType,
+        flags: int,
+        stream_id: int,
+        payload: bytes,
+        events: list[MuxEvent],
     ) -> None:
         if frame_type is FrameType.HELLO:
             self._on_hello(payload, events)
@@ -781,7 +819,9 @@ class MuxConnection:
             return
         events.append(StreamDataReceived(stream_id, payload))
 
-    def _on_end(self, frame_type: FrameType, stream_id: int, payload: bytes, events: list[MuxEvent]) -> None:
+    def _on_end(
+        self, frame_type: FrameType, stream_id: int, payload: bytes, events: list[MuxEvent]
+    ) -> None:
         if self._ignored(stream_id):
             return
         stream = self._lookup(stream_id, frame_type)

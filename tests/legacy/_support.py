@@ -84,3 +84,29 @@ async def start_node(
     forward = ForwardProxy(credentials, node_verifier(), NodeId.parse, auth=auth)
     await forward.start()
     return Node(identity, server, reverse, forward, servicer, credentials)
+
+
+async def collect_pages(
+    call: Any, item_field: str, page_size: int, *, order: Any = 0
+) -> tuple[list[Any], int]:
+    """Every item of a paginated stream, walking pages; returns (items, pages seen)."""
+    items: list[Any] = []
+    cursor = b""
+    pages = 0
+    while True:
+        page = None
+        request = common_pb2.PaginationRequest(page_size=page_size, cursor=cursor, order=order)
+        async for message in call(request):
+            assert page is None, "an item came after the page message"
+            kind = message.WhichOneof("result")
+            if kind == item_field:
+                items.append(getattr(message, item_field))
+            else:
+                assert kind == "page"
+                page = message.page
+        assert page is not None, "the stream ended without its page message"
+        pages += 1
+        assert pages < 1000
+        if not page.has_more:
+            return items, pages
+        cursor = page.next_cursor

@@ -6,12 +6,15 @@ import asyncio
 import base64
 import logging
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
-from agent.identity import NodeIdentity
+from agent.identity import NodeIdentity, node_verifier
 from agent.identity_testing import (
     ca_issued_identity,
     expired_identity,
@@ -19,6 +22,7 @@ from agent.identity_testing import (
 )
 from agent.nodeid import NodeId
 from legacy_grpc import (
+    AgentGRPCServer,
     ConnectionFailedError,
     HandshakeError,
     NodeConnection,
@@ -27,12 +31,13 @@ from legacy_grpc import (
     PeerVerificationError,
     ProxyAuthError,
     ProxyCredentials,
+    ReverseProxy,
     TLSCredentials,
     node_target,
+    preamble,
 )
-from legacy_grpc import preamble
 from protos.agent.v1 import common_pb2
-from protos.grpc.health.v1 import health_pb2
+from protos.grpc.health.v1 import health_pb2, health_pb2_grpc
 from tests.legacy._support import Node, start_node
 
 pytestmark = pytest.mark.timeout(60)
@@ -130,7 +135,9 @@ async def test_bad_client_is_refused(
         assert info.value.reason_code == preamble.RejectReason.VERIFICATION_FAILED
         assert b.reverse_proxy.statistics().refused >= 1
         assert b.reverse_proxy.statistics().accepted == 0
-        assert any("refused peer" in r.getMessage() and code in r.getMessage() for r in caplog.records)
+        assert any(
+            "refused peer" in r.getMessage() and code in r.getMessage() for r in caplog.records
+        )
         assert b.servicer.callers == []
     finally:
         await bad.stop()
@@ -164,7 +171,9 @@ async def test_wrong_node_behind_the_address() -> None:
         await b.stop()
 
 
-async def test_no_client_certificate(pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_client_certificate(
+    pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture
+) -> None:
     _, b = pair
     stranger = NodeIdentity.generate()
     reader, writer = await asyncio.open_connection(LOOPBACK, b.reverse_proxy.port)
@@ -224,7 +233,12 @@ async def test_proxy_auth() -> None:
         )
         try:
             with pytest.raises(grpc.aio.AioRpcError) as call_info:
-                await channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=5)
+                check = channel.unary_unary(
+                    "/grpc.health.v1.Health/Check",
+                    request_serializer=None,
+                    response_deserializer=None,
+                )
+                await check(b"", timeout=5)
             assert call_info.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await channel.close(None)
@@ -248,7 +262,9 @@ async def test_proxy_auth() -> None:
         await b.stop()
 
 
-async def raw_connect(proxy_port: int, target: str, extra: str = "", method: str = "CONNECT") -> tuple[int, str]:
+async def raw_connect(
+    proxy_port: int, target: str, extra: str = "", method: str = "CONNECT"
+) -> tuple[int, str]:
     reader, writer = await asyncio.open_connection(LOOPBACK, proxy_port)
     writer.write(f"{method} {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n".encode())
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
@@ -308,3 +324,107 @@ def test_connection_failed_is_the_base() -> None:
     assert issubclass(PeerRejectedError, ConnectionFailedError)
     assert issubclass(NodeIdMismatchError, ConnectionFailedError)
     assert issubclass(ProxyAuthError, ConnectionFailedError)
+
+
+async def test_health_watch_follows_the_server() -> None:
+    server = AgentGRPCServer()
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{port}")
+    make_stub: Any = health_pb2_grpc.HealthStub
+    stub = make_stub(channel)
+    try:
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        unknown = await stub.Watch(health_pb2.HealthCheckRequest(service="nope")).read()
+        assert unknown.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        stopping = asyncio.create_task(server.stop(5))
+        second = await watch.read()
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        eof: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+        assert await watch.read() == eof
+        await stopping
+    finally:
+        await channel.close(None)
+        await server.stop(0)
+
+
+async def test_handshake_timeout_closes_silent_peers(
+    pair: tuple[Node, Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, b = pair
+    proxy = ReverseProxy(b.credentials, node_verifier(), b.server.port, handshake_timeout=0.2)
+    await proxy.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="legacy_grpc"):
+            reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+            assert await reader.read() == b""  # closed by the proxy, nothing said
+            writer.close()
+        assert proxy.statistics().failed_handshakes == 1
+        assert any("took over" in r.getMessage() for r in caplog.records)
+    finally:
+        await proxy.stop()
+
+
+async def test_node_connection_to_a_closed_port_fails_fast(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    port = b.reverse_proxy.port
+    await b.reverse_proxy.stop()
+    with pytest.raises(HandshakeError, match="cannot connect"):
+        await NodeConnection.connect(b.node_id, LOOPBACK, port, a.forward_proxy, timeout=30)
+
+
+def test_legacy_grpc_stands_alone() -> None:
+    code = (
+        "import sys, legacy_grpc, legacy_grpc.node_connection, legacy_grpc.server;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('agent', 'quic_rpc', 'migration'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_public_api() -> None:
+    import legacy_grpc
+
+    assert sorted(legacy_grpc.__all__) == sorted(
+        [
+            "NODE_HOST_SUFFIX",
+            "AgentGRPCServer",
+            "ConnectTimeoutError",
+            "ConnectionFailedError",
+            "ForwardProxy",
+            "HandshakeError",
+            "HealthService",
+            "LegacyGRPCError",
+            "NodeConnection",
+            "NodeIdMismatchError",
+            "PeerConnectionInfo",
+            "PeerRefusedError",
+            "PeerRejectedError",
+            "PeerVerificationError",
+            "PreambleError",
+            "ProxyAuthError",
+            "ProxyCredentials",
+            "ProxyStateError",
+            "ReverseProxy",
+            "ReverseProxyStatistics",
+            "SecureConnection",
+            "ServiceBinding",
+            "TLSCredentials",
+            "Tunnel",
+            "UnknownNodeError",
+            "Verifier",
+            "accept_peer",
+            "dial_peer",
+            "node_target",
+            "parse_grpc_peer",
+        ]
+    )
+    for name in legacy_grpc.__all__:
+        assert getattr(legacy_grpc, name) is not None

@@ -120,9 +120,10 @@ def _udp_socket(family: int) -> socket.socket:
     """A non-blocking UDP socket with large buffers (bursts must not overflow it)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.setblocking(False)
+    linux = sys.platform.startswith("linux")
     for opt, force in (
-        (socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", None)),
-        (socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", None)),
+        (socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", 33 if linux else None)),
+        (socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", 32 if linux else None)),
     ):
         try:
             sock.setsockopt(socket.SOL_SOCKET, force if force is not None else opt, _SOCKET_BUFFER)

@@ -41,8 +41,10 @@ __all__ = [
     "build_nat_lab",
     "clear_forward_loss",
     "conntrack_flush",
+    "host_loss_drops",
     "read_counters",
     "set_forward_loss",
+    "set_host_loss",
 ]
 
 NatKind = Literal["cone", "symmetric", "rebinding", "none"]
@@ -307,3 +309,39 @@ def build_nat_lab(
     nl.set_nat(ra, nat_a, firewall)
     nl.set_nat(rb, nat_b, firewall)
     return nl
+
+
+def set_host_loss(ns: Namespace, ifname: str, egress: float = 0, ingress: float = 0) -> None:
+    """Random loss on a host's own traffic through ``ifname`` (table ``inet qshostloss``):
+    ``egress`` % of packets it sends, ``ingress`` % of packets it receives are dropped."""
+    lines = ["table inet qshostloss {"]
+    for chain, hook, key, pct in (
+        ("c_out", "output", "oifname", egress),
+        ("c_in", "input", "iifname", ingress),
+    ):
+        n = _check_pct(pct)
+        lines += [
+            f"  chain {chain} {{",
+            f"    type filter hook {hook} priority -10; policy accept;",
+        ]
+        if n > 0:
+            lines.append(f'    {key} "{ifname}" numgen random mod 100 < {n} counter drop')
+        lines.append("  }")
+    lines.append("}")
+    ns.run(["nft", "delete", "table", "inet", "qshostloss"], check=False)
+    ns.nft("\n".join(lines) + "\n")
+
+
+def host_loss_drops(ns: Namespace) -> dict[str, int]:
+    """Packets dropped so far by :func:`set_host_loss`: ``{"egress": n, "ingress": n}``."""
+    data = ns.nft_json("list", "table", "inet", "qshostloss")
+    out = {"egress": 0, "ingress": 0}
+    for item in data.get("nftables", []):
+        rule = item.get("rule")
+        if not rule:
+            continue
+        for expr in rule.get("expr", []):
+            if "counter" in expr:
+                key = "egress" if rule.get("chain") == "c_out" else "ingress"
+                out[key] += int(expr["counter"]["packets"])
+    return out

@@ -37,9 +37,7 @@ def test_committed_generated_code_is_fresh() -> None:
 @pytest.fixture
 def protos_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "protos"
-    shutil.copytree(
-        ROOT / "protos", copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
+    shutil.copytree(ROOT / "protos", copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return copy
 
 

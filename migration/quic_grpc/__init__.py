@@ -1,0 +1,129 @@
+"""grpcio's API over QUIC: ``from migration import quic_grpc as grpc``.
+
+Unmodified grpcio-generated stubs and servicers run over quic_rpc's wire protocol on QUIC
+with only that import changed. With grpcio installed, the status codes, base classes and
+exceptions are grpcio's own (``except grpc.RpcError`` keeps working); without it, this
+package provides equivalents with the same names and values.
+
+Differences from grpcio, by design:
+
+* QUIC is always TLS 1.3: ``insecure_channel`` / ``add_insecure_port`` raise
+  :class:`UsageError`. ``ssl_channel_credentials`` / ``ssl_server_credentials`` take the
+  usual arguments plus ``verify=`` — a custom peer verifier ``verify(chain_der) -> identity``.
+* ``compression`` arguments and ``wait_for_ready`` are accepted and ignored;
+  ``credentials=`` (call credentials) are accepted and ignored.
+* Message size limits (``grpc.max_receive_message_length`` default 4 MiB,
+  ``grpc.max_send_message_length``) and ``grpc.ssl_target_name_override`` are honoured;
+  other channel/server options are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from . import aio
+from ._channel import Channel, channel_ready_future
+from ._compat import (
+    GRPC_AVAILABLE,
+    Call,
+    CallCredentials,
+    ChannelConnectivity,
+    ChannelCredentials,
+    ClientCallDetails,
+    Compression,
+    Future,
+    FutureCancelledError,
+    FutureTimeoutError,
+    GenericRpcHandler,
+    HandlerCallDetails,
+    RpcContext,
+    RpcError,
+    RpcMethodHandler,
+    ServerCredentials,
+    ServerInterceptor,
+    ServicerContext,
+    ServiceRpcHandler,
+    Status,
+    StatusCode,
+    StreamStreamClientInterceptor,
+    StreamUnaryClientInterceptor,
+    UnaryStreamClientInterceptor,
+    UnaryUnaryClientInterceptor,
+)
+from ._credentials import (
+    PeerVerifier,
+    QUICChannelCredentials,
+    QUICServerCredentials,
+    ssl_channel_credentials,
+    ssl_server_credentials,
+)
+from ._errors import AbortError, InactiveRpcError, UsageError
+from ._handlers import (
+    CallDetails,
+    DictionaryGenericHandler,
+    MethodHandler,
+    method_handlers_generic_handler,
+    stream_stream_rpc_method_handler,
+    stream_unary_rpc_method_handler,
+    unary_stream_rpc_method_handler,
+    unary_unary_rpc_method_handler,
+)
+from ._interceptors import intercept_channel
+from ._metadata import MetadataError
+from ._quic import insecure_channel, secure_channel
+from ._server import Server, server
+from ._status import code_from_number, code_number, to_status_code
+
+__all__ = [
+    "GRPC_AVAILABLE",
+    "AbortError",
+    "Call",
+    "CallCredentials",
+    "CallDetails",
+    "Channel",
+    "ChannelConnectivity",
+    "ChannelCredentials",
+    "ClientCallDetails",
+    "Compression",
+    "DictionaryGenericHandler",
+    "Future",
+    "FutureCancelledError",
+    "FutureTimeoutError",
+    "GenericRpcHandler",
+    "HandlerCallDetails",
+    "InactiveRpcError",
+    "MetadataError",
+    "MethodHandler",
+    "PeerVerifier",
+    "QUICChannelCredentials",
+    "QUICServerCredentials",
+    "RpcContext",
+    "RpcError",
+    "RpcMethodHandler",
+    "Server",
+    "ServerCredentials",
+    "ServerInterceptor",
+    "ServiceRpcHandler",
+    "ServicerContext",
+    "Status",
+    "StatusCode",
+    "StreamStreamClientInterceptor",
+    "StreamUnaryClientInterceptor",
+    "UnaryStreamClientInterceptor",
+    "UnaryUnaryClientInterceptor",
+    "UsageError",
+    "aio",
+    "channel_ready_future",
+    "code_from_number",
+    "code_number",
+    "insecure_channel",
+    "intercept_channel",
+    "method_handlers_generic_handler",
+    "secure_channel",
+    "server",
+    "ssl_channel_credentials",
+    "ssl_server_credentials",
+    "stream_stream_rpc_method_handler",
+    "stream_unary_rpc_method_handler",
+    "to_status_code",
+    "unary_stream_rpc_method_handler",
+    "unary_unary_rpc_method_handler",
+]

@@ -1,0 +1,498 @@
+"""The adapter's calls on quic_rpc's wire protocol, over any :mod:`quic_rpc.streams` stream.
+
+Server side: :func:`serve_stream` is a ``StreamHandler`` — one incoming stream, one call —
+that decodes the request header with quic_rpc's sans-IO :class:`CallProtocol` and hands
+the call to the grpc-shaped dispatcher as a :class:`ServerCallIO`. Client side:
+:class:`StreamClientTransport` opens one stream per call on a ``StreamOpener``. The frames,
+call kinds, deadlines, status trailers and reset codes are quic_rpc's, so adapter peers and
+native quic_rpc peers talk to each other.
+
+Cancellation: a client cancels by aborting the stream with ``ResetCode.CANCEL``; the
+server sees the reset on its reader and cancels the call. The client keeps its sending
+side open after REQUEST_END until the trailer arrives, so a late cancel still reaches the
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from quic_rpc.rpc.call_state import Role
+from quic_rpc.rpc.errors import MessageTooLargeError, ProtocolError, QuicRPCError
+from quic_rpc.rpc.events import (
+    MessageReceived,
+    RequestEnded,
+    RequestHeaderReceived,
+    ResponseHeaderReceived,
+    TrailerReceived,
+)
+from quic_rpc.rpc.frames import CallKind
+from quic_rpc.rpc.protocol import CallProtocol
+from quic_rpc.rpc.status import ResetCode, Status, status_for_reset_code
+from quic_rpc.streams import (
+    ByteStream,
+    ConnectionLostError,
+    StreamError,
+    StreamOpener,
+    StreamResetError,
+)
+
+from ._metadata import MetadataTuple, normalize_metadata
+from ._transport import (
+    CallCancelledError,
+    CallStatus,
+    ClientCallIO,
+    ServerCallInfo,
+    ServerDispatch,
+)
+
+__all__ = ["Connector", "StreamClientTransport", "kind_for", "serve_stream"]
+
+_LOG = logging.getLogger("migration.quic_grpc")
+
+UNLIMITED = 2**32 - 1
+HEADER_TIMEOUT = 10.0
+"""Seconds a server waits for a new stream's request header."""
+QUEUE_DEPTH = 16
+"""Messages buffered per call direction before the reader stops reading (backpressure)."""
+
+_KIND = {
+    (False, False): CallKind.UNARY,
+    (False, True): CallKind.SERVER_STREAMING,
+    (True, False): CallKind.CLIENT_STREAMING,
+    (True, True): CallKind.DUPLEX,
+}
+
+
+def kind_for(streaming: tuple[bool, bool]) -> CallKind:
+    return _KIND[streaming]
+
+
+def _streaming_of(kind: CallKind) -> tuple[bool, bool] | None:
+    if kind is CallKind.RAW:
+        return None
+    return (not kind.single_request, not kind.single_response)
+
+
+def _too_large(exc: MessageTooLargeError) -> str:
+    return f"Received message larger than max ({exc.size} vs. {exc.limit})"
+
+
+_CANCELLED = object()
+
+
+# --------------------------------------------------------------------------- server
+
+
+class _StreamServerCall:
+    """One incoming call on one stream (implements ServerCallIO)."""
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        protocol: CallProtocol,
+        header: RequestHeaderReceived,
+        pending: list[Any],
+    ) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+        deadline = None
+        if header.timeout_us is not None:
+            deadline = self._loop.time() + header.timeout_us / 1_000_000
+        self._info = ServerCallInfo(
+            header.method,
+            normalize_metadata(tuple(header.metadata)),
+            deadline,
+            stream.peer_info,
+            _streaming_of(header.kind),
+        )
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_DEPTH)
+        for event in pending:
+            self._queue.put_nowait(event)
+        self._cancelled = False
+        self._trailed = False
+        self._callbacks: list[Callable[[], None]] = []
+        self._send_lock = asyncio.Lock()
+        self.request_ended = any(e is None for e in pending)
+        self._ended = False
+        self.reader = self._loop.create_task(self._read_loop())
+
+    @property
+    def info(self) -> ServerCallInfo:
+        return self._info
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self._stream.receive()
+                if not data:
+                    self._protocol.receive_eof()
+                    if not self.request_ended:
+                        self._cancel()
+                    return
+                for event in self._protocol.receive_data(data):
+                    if type(event) is MessageReceived:
+                        await self._queue.put(event.data)
+                    elif type(event) is RequestEnded:
+                        self.request_ended = True
+                        await self._queue.put(None)
+        except MessageTooLargeError as exc:
+            await self._queue.put(exc)
+        except (StreamError, ProtocolError):
+            self._cancel()
+        except asyncio.CancelledError:
+            raise
+
+    def _cancel(self) -> None:
+        if self._cancelled or self._trailed:
+            return
+        self._cancelled = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_CANCELLED)
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                _LOG.exception("cancel callback failed")
+
+    async def read(self) -> bytes | None:
+        if self._cancelled:
+            raise CallCancelledError("call cancelled")
+        if self._ended:
+            return None
+        item = await self._queue.get()
+        if item is _CANCELLED or self._cancelled:
+            raise CallCancelledError("call cancelled")
+        if isinstance(item, MessageTooLargeError):
+            from ._context import MessageTooLargeError as AdapterTooLarge
+
+            raise AdapterTooLarge(_too_large(item))
+        if item is None:
+            self._ended = True
+            return None
+        data: bytes = item
+        return data
+
+    async def _send(self, make: Callable[[], bytes]) -> None:
+        if self._cancelled:
+            raise CallCancelledError("call cancelled")
+        async with self._send_lock:
+            if self._trailed:
+                raise CallCancelledError("call already finished")
+            try:
+                await self._stream.send(make())
+            except (StreamError, ProtocolError) as exc:
+                self._cancel()
+                raise CallCancelledError(str(exc)) from exc
+
+    async def send_initial_metadata(self, metadata: MetadataTuple) -> None:
+        await self._send(lambda: self._protocol.send_response_header(metadata))
+
+    async def write(self, data: bytes) -> None:
+        await self._send(lambda: self._protocol.send_message(data))
+
+    async def finish(self, status: CallStatus) -> None:
+        if self._cancelled or self._trailed:
+            return
+        async with self._send_lock:
+            if self._trailed:
+                return
+            self._trailed = True
+            try:
+                await self._stream.send(
+                    self._protocol.send_trailer(
+                        Status(status.code), status.details, status.trailing_metadata
+                    )
+                )
+                self._protocol.send_eof()
+                await self._stream.send_eof()
+            except (StreamError, ProtocolError):
+                self._cancelled = True
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled
+
+    def add_cancel_callback(self, callback: Callable[[], None]) -> None:
+        if self._cancelled:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    @property
+    def trailed(self) -> bool:
+        return self._trailed
+
+
+async def serve_stream(
+    stream: ByteStream, dispatch: ServerDispatch, *, max_receive: int | None
+) -> None:
+    """Serve one call arriving on ``stream`` (a quic_rpc ``StreamHandler`` body)."""
+    protocol = CallProtocol(
+        Role.SERVER, max_message_size=UNLIMITED if max_receive is None else max_receive
+    )
+    header: RequestHeaderReceived | None = None
+    pending: list[Any] = []
+    try:
+        async with asyncio.timeout(HEADER_TIMEOUT):
+            while header is None:
+                data = await stream.receive()
+                if not data:
+                    stream.abort(ResetCode.PROTOCOL_ERROR)
+                    return
+                for event in protocol.receive_data(data):
+                    if type(event) is RequestHeaderReceived:
+                        header = event
+                    elif type(event) is MessageReceived:
+                        pending.append(event.data)
+                    elif type(event) is RequestEnded:
+                        pending.append(None)
+    except (TimeoutError, StreamError, QuicRPCError):
+        stream.abort(ResetCode.PROTOCOL_ERROR)
+        return
+    if header.kind is CallKind.RAW:
+        with contextlib.suppress(StreamError, QuicRPCError):
+            await stream.send(
+                protocol.send_trailer(Status.UNIMPLEMENTED, "raw calls are not served here")
+            )
+            await stream.send_eof()
+        stream.abort(ResetCode.NO_ERROR)
+        return
+    call = _StreamServerCall(stream, protocol, header, pending)
+    try:
+        await dispatch(call)
+        if not call.trailed and not call.is_cancelled():
+            await call.finish(CallStatus(Status.INTERNAL, "call ended without a status"))
+    finally:
+        if call.is_cancelled():
+            call.reader.cancel()
+            stream.abort(ResetCode.CANCEL)
+        else:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(call.reader), 2.0)
+            call.reader.cancel()
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+
+# --------------------------------------------------------------------------- client
+
+
+class _StreamClientCall:
+    """One outgoing call on one stream (implements ClientCallIO)."""
+
+    def __init__(self, stream: ByteStream, protocol: CallProtocol) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        loop = asyncio.get_running_loop()
+        self._initial: asyncio.Future[MetadataTuple] = loop.create_future()
+        self._status: asyncio.Future[CallStatus] = loop.create_future()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
+        self._send_lock = asyncio.Lock()
+        self._request_ended = False
+        self._done = False
+        self._ended = False
+        self._reader = loop.create_task(self._read_loop())
+
+    def _settle(self, status: CallStatus) -> None:
+        if not self._initial.done():
+            self._initial.set_result(())
+        if not self._status.done():
+            self._status.set_result(status)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self._stream.receive()
+                if not data:
+                    self._protocol.receive_eof()
+                    self._settle(
+                        CallStatus(Status.INTERNAL, "stream ended before the call's trailer")
+                    )
+                    return
+                for event in self._protocol.receive_data(data):
+                    if type(event) is ResponseHeaderReceived:
+                        if not self._initial.done():
+                            self._initial.set_result(normalize_metadata(tuple(event.metadata)))
+                    elif type(event) is MessageReceived:
+                        if not self._initial.done():
+                            self._initial.set_result(())
+                        await self._queue.put(event.data)
+                    elif type(event) is TrailerReceived:
+                        self._settle(
+                            CallStatus(
+                                int(event.status),
+                                event.details,
+                                normalize_metadata(tuple(event.metadata)),
+                            )
+                        )
+                        await self._after_trailer()
+                        return
+        except MessageTooLargeError as exc:
+            self._settle(CallStatus(Status.RESOURCE_EXHAUSTED, _too_large(exc)))
+            self._stream.abort(ResetCode.MESSAGE_TOO_LARGE)
+        except StreamResetError as exc:
+            status = status_for_reset_code(exc.code)
+            text = "Cancelled" if status is Status.CANCELLED else f"stream reset ({exc.code:#x})"
+            self._settle(CallStatus(int(status), text))
+        except ConnectionLostError as exc:
+            self._settle(CallStatus(Status.UNAVAILABLE, f"connection lost: {exc.reason}"))
+        except (StreamError, ProtocolError) as exc:
+            self._settle(CallStatus(Status.INTERNAL, f"call stream failed: {exc}"))
+
+    async def _after_trailer(self) -> None:
+        self._done = True
+        async with self._send_lock:
+            try:
+                if not self._request_ended:
+                    self._protocol.send_reset()
+                    self._stream.reset(ResetCode.NO_ERROR)
+                else:
+                    self._protocol.send_eof()
+                    await self._stream.send_eof()
+            except (StreamError, ProtocolError):
+                pass
+
+    async def write(self, data: bytes) -> None:
+        async with self._send_lock:
+            if self._done:
+                raise CallCancelledError("call already ended")
+            try:
+                await self._stream.send(self._protocol.send_message(data))
+            except (StreamError, ProtocolError) as exc:
+                raise CallCancelledError(str(exc)) from exc
+
+    async def done_writing(self) -> None:
+        async with self._send_lock:
+            if self._done or self._request_ended:
+                return
+            self._request_ended = True
+            with contextlib.suppress(StreamError, ProtocolError):
+                await self._stream.send(self._protocol.send_request_end())
+
+    async def read(self) -> bytes | None:
+        if self._ended:
+            return None
+        item = await self._queue.get()
+        if item is None:
+            self._ended = True
+        return item
+
+    async def initial_metadata(self) -> MetadataTuple:
+        return await asyncio.shield(self._initial)
+
+    async def status(self) -> CallStatus:
+        return await asyncio.shield(self._status)
+
+    def cancel(self) -> None:
+        if self._status.done():
+            return
+        self._done = True
+        self._reader.cancel()
+        self._stream.abort(ResetCode.CANCEL)
+        self._settle(CallStatus(Status.CANCELLED, "Cancelled"))
+        # wake a reader blocked on a full queue
+        while True:
+            try:
+                self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+        self._queue.put_nowait(None)
+
+
+class Connector(Protocol):
+    """Makes connections for a :class:`StreamClientTransport` and owns what they share."""
+
+    async def connect(self) -> StreamOpener: ...
+
+    async def disconnect(self, opener: StreamOpener) -> None:
+        """Release a connection that was lost (or is being dropped)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every connection and shared resource (the socket)."""
+        ...
+
+
+class StreamClientTransport:
+    """A ClientTransport over a connection opened on demand (and re-opened when lost)."""
+
+    def __init__(self, connector: Connector, *, max_receive: int | None) -> None:
+        self._connector = connector
+        self._max_receive = max_receive
+        self._opener: StreamOpener | None = None
+        self._connecting: asyncio.Task[StreamOpener] | None = None
+        self._closed = False
+
+    async def _get_opener(self) -> StreamOpener:
+        if self._closed:
+            raise ConnectionLostError("channel closed")
+        if self._opener is not None:
+            return self._opener
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._connector.connect())
+        opener = await asyncio.shield(self._connecting)
+        self._opener = opener
+        return opener
+
+    async def _drop(self, opener: StreamOpener) -> None:
+        if self._opener is opener:
+            self._opener = None
+            self._connecting = None
+            with contextlib.suppress(Exception):
+                await self._connector.disconnect(opener)
+
+    async def open_call(
+        self,
+        method: str,
+        metadata: MetadataTuple,
+        deadline: float | None,
+        streaming: tuple[bool, bool],
+    ) -> ClientCallIO:
+        loop = asyncio.get_running_loop()
+        timeout_us = None
+        if deadline is not None:
+            timeout_us = max(1, int((deadline - loop.time()) * 1_000_000))
+        for attempt in (1, 2):
+            opener = await self._get_opener()
+            try:
+                stream = await opener.open_stream()
+            except ConnectionLostError:
+                await self._drop(opener)
+                if attempt == 2:
+                    raise
+                continue
+            protocol = CallProtocol(
+                Role.CLIENT,
+                max_message_size=UNLIMITED if self._max_receive is None else self._max_receive,
+            )
+            header = protocol.send_request_header(
+                method, kind_for(streaming), metadata, timeout_us
+            )
+            try:
+                await stream.send(header)
+            except ConnectionLostError:
+                await self._drop(opener)
+                stream.abort(ResetCode.CANCEL)
+                if attempt == 2:
+                    raise
+                continue
+            return _StreamClientCall(stream, protocol)
+        raise ConnectionLostError("could not open a call stream")
+
+    async def wait_ready(self) -> None:
+        await self._get_opener()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._opener = None
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        await self._connector.aclose()

@@ -1,0 +1,106 @@
+"""Configuration: frozen, validated dataclasses with documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .frames import (
+    DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_METADATA_ENTRIES,
+    MAX_FRAME_LENGTH,
+)
+
+__all__ = ["RPCClientConfig", "RPCServerConfig"]
+
+
+def _check_positive(name: str, value: int | float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _check_size(name: str, value: int | None, *, allow_none: bool = False) -> None:
+    _check_positive(name, value, allow_none=allow_none)
+    if value is not None and (not isinstance(value, int) or value > MAX_FRAME_LENGTH):
+        raise ValueError(f"{name} must be an int no larger than {MAX_FRAME_LENGTH}")
+
+
+@dataclass(frozen=True, slots=True)
+class RPCServerConfig:
+    """Server limits.
+
+    * ``max_receive_message_size`` (4 MiB): larger requests end the call with
+      RESOURCE_EXHAUSTED; the connection and its other calls are unaffected.
+    * ``max_send_message_size`` (None = only the wire limit, 4 GiB - 1): larger responses
+      end the call with RESOURCE_EXHAUSTED.
+    * ``max_header_size`` (16 KiB) / ``max_metadata_entries`` (64): per header frame.
+    * ``max_concurrent_calls_per_connection`` (100): further streams on the same connection
+      are answered with RESOURCE_EXHAUSTED until a call ends.
+    * ``handler_timeout`` (None): an upper bound on every call's duration; the server
+      uses the tighter of it, the handler's own ``timeout`` and the client's deadline.
+    * ``header_timeout`` (10 s): a stream must deliver its request header within this.
+    * ``request_buffer_size`` (16): request messages read ahead of a streaming handler.
+    * ``receive_chunk_size`` (64 KiB): bytes asked of the transport per read.
+    * ``shutdown_timeout`` (5 s): how long ``stop()`` waits for cancelled handlers to
+      finish before it aborts their streams.
+    * ``expose_exception_details`` (False): put ``repr(exc)`` of unexpected handler
+      exceptions into the INTERNAL status details (debugging only).
+    """
+
+    max_receive_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_send_message_size: int | None = None
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    max_metadata_entries: int = DEFAULT_MAX_METADATA_ENTRIES
+    max_concurrent_calls_per_connection: int = 100
+    handler_timeout: float | None = None
+    header_timeout: float | None = 10.0
+    request_buffer_size: int = 16
+    receive_chunk_size: int = 65536
+    shutdown_timeout: float = 5.0
+    expose_exception_details: bool = False
+
+    def __post_init__(self) -> None:
+        _check_size("max_receive_message_size", self.max_receive_message_size)
+        _check_size("max_send_message_size", self.max_send_message_size, allow_none=True)
+        _check_size("max_header_size", self.max_header_size)
+        _check_size("max_metadata_entries", self.max_metadata_entries)
+        _check_size("max_concurrent_calls_per_connection", self.max_concurrent_calls_per_connection)
+        _check_positive("handler_timeout", self.handler_timeout, allow_none=True)
+        _check_positive("header_timeout", self.header_timeout, allow_none=True)
+        _check_size("request_buffer_size", self.request_buffer_size)
+        _check_size("receive_chunk_size", self.receive_chunk_size)
+        _check_positive("shutdown_timeout", self.shutdown_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class RPCClientConfig:
+    """Client limits and defaults.
+
+    * ``max_receive_message_size`` (4 MiB): larger responses end the call with
+      RESOURCE_EXHAUSTED (the stream is reset; the connection stays usable).
+    * ``max_send_message_size`` (None = only the wire limit): larger requests fail locally
+      with RESOURCE_EXHAUSTED before anything is sent.
+    * ``max_header_size`` (16 KiB) / ``max_metadata_entries`` (64): per received header frame.
+    * ``default_timeout`` (None): used when a call passes no ``timeout``.
+    * ``response_buffer_size`` (16): response messages read ahead of a streaming caller.
+    * ``receive_chunk_size`` (64 KiB): bytes asked of the transport per read.
+    """
+
+    max_receive_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_send_message_size: int | None = None
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    max_metadata_entries: int = DEFAULT_MAX_METADATA_ENTRIES
+    default_timeout: float | None = None
+    response_buffer_size: int = 16
+    receive_chunk_size: int = 65536
+
+    def __post_init__(self) -> None:
+        _check_size("max_receive_message_size", self.max_receive_message_size)
+        _check_size("max_send_message_size", self.max_send_message_size, allow_none=True)
+        _check_size("max_header_size", self.max_header_size)
+        _check_size("max_metadata_entries", self.max_metadata_entries)
+        _check_positive("default_timeout", self.default_timeout, allow_none=True)
+        _check_size("response_buffer_size", self.response_buffer_size)
+        _check_size("receive_chunk_size", self.receive_chunk_size)

@@ -1,0 +1,609 @@
+"""The RPC server: one call per stream, handlers run as timed, cancellable tasks.
+
+Plug :meth:`RPCServer.handle_stream` into a transport as its StreamHandler. For each
+stream the server reads the request header, looks the method up in its manifest, runs
+the handler in its own task (cancelled when the call's cancellation signal fires: peer
+reset, deadline, shutdown) and ends the stream with a trailer or a reset. Exceptions
+become statuses in exactly one place: :meth:`_ServerCall._outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from typing import Any
+
+from ..streams import (
+    ByteStream,
+    ConnectionLostError,
+    StreamError,
+    StreamResetError,
+    StreamStoppedError,
+)
+from .call_state import ResponseState, Role
+from .codec import encode_trailer
+from .config import RPCServerConfig
+from .context import ServerCallContext
+from .errors import LocalProtocolError, RemoteProtocolError, RPCError, SerializationError
+from .events import MessageReceived, RawDataReceived, RequestEnded, RequestHeaderReceived
+from .frames import PREFACE, CallKind
+from .handlers import Handler
+from .metadata import Metadata
+from .middleware import CallDetails, Middleware, MiddlewareStack, build_chain
+from .protocol import CallProtocol
+from .raw_stream import RawStream
+from .status import ResetCode, Status, reset_code_for_status, status_for_reset_code
+
+__all__ = ["RPCServer", "connection_key"]
+
+_log = logging.getLogger("quic_rpc.rpc.server")
+_END: Any = object()
+_GENERIC_INTERNAL = "Unexpected error in handler"
+_ACCEPTING = (ResponseState.SINGLE_IDLE, ResponseState.STREAM_IDLE, ResponseState.RAW_IDLE)
+
+
+def connection_key(stream: ByteStream) -> Hashable:
+    """Which connection a stream belongs to, for per-connection limits.
+
+    A transport may give streams an explicit hashable ``connection_key`` attribute;
+    otherwise the key is the transport name and both endpoints from ``peer_info``.
+    """
+    key: Hashable | None = getattr(stream, "connection_key", None)
+    if key is not None:
+        return key
+    p = stream.peer_info
+    return (p.transport, p.local_host, p.local_port, p.remote_host, p.remote_port)
+
+
+def _self_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+@dataclasses.dataclass(slots=True)
+class _Outcome:
+    status: Status
+    details: str = ""
+    metadata: Metadata | None = None
+    rich_details: bytes | None = None
+    reset_code: int | None = None
+    """Abort the stream with this code instead of sending a trailer."""
+
+
+class RPCServer:
+    """Serves a manifest of handlers on whatever streams a transport hands it."""
+
+    def __init__(
+        self,
+        manifest: Mapping[str, Handler[Any, Any]],
+        *,
+        middleware: Sequence[Middleware] = (),
+        config: RPCServerConfig | None = None,
+        expose_exception_details: bool | None = None,
+    ) -> None:
+        for path, handler in manifest.items():
+            if not isinstance(path, str) or not path:
+                raise TypeError(f"method paths must be non-empty str: {path!r}")
+            if not isinstance(handler, Handler):
+                raise TypeError(f"{path}: expected a Handler, got {handler!r}")
+        cfg = config if config is not None else RPCServerConfig()
+        if expose_exception_details is not None:
+            cfg = dataclasses.replace(cfg, expose_exception_details=expose_exception_details)
+        self.config = cfg
+        self._manifest: dict[str, Handler[Any, Any]] = dict(manifest)
+        self._mw = MiddlewareStack(middleware)
+        self._calls: set[_ServerCall] = set()
+        self._connections: dict[Hashable, int] = {}
+        self._closing = False
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def manifest(self) -> Mapping[str, Handler[Any, Any]]:
+        return dict(self._manifest)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def handle_stream(self, stream: ByteStream) -> None:
+        """Serve one call on ``stream`` (the transport's StreamHandler)."""
+        if self._closing:
+            stream.abort(ResetCode.REFUSED_STREAM)
+            return
+        key = connection_key(stream)
+        active = self._connections.get(key, 0)
+        if active >= self.config.max_concurrent_calls_per_connection:
+            await self._refuse(stream)
+            return
+        self._connections[key] = active + 1
+        call = _ServerCall(self, stream)
+        self._calls.add(call)
+        try:
+            await call.run()
+        finally:
+            self._calls.discard(call)
+            left = self._connections[key] - 1
+            if left:
+                self._connections[key] = left
+            else:
+                del self._connections[key]
+            if not self._calls and self._idle is not None:
+                self._idle.set()
+
+    async def _refuse(self, stream: ByteStream) -> None:
+        limit = self.config.max_concurrent_calls_per_connection
+        trailer = encode_trailer(
+            Status.RESOURCE_EXHAUSTED,
+            f"too many concurrent calls on this connection (limit {limit})",
+        )
+        try:
+            await stream.send(PREFACE + trailer)
+            await stream.send_eof()
+            stream.stop_sending(ResetCode.REFUSED_STREAM)
+        except StreamError:
+            pass
+
+    async def _wait_idle(self) -> None:
+        while self._calls:
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let running ones finish for ``grace`` seconds (None: 0), then
+        cancel them: their handlers are cancelled and callers get UNAVAILABLE."""
+        self._closing = True
+        if self._calls and grace:
+            try:
+                await asyncio.wait_for(self._wait_idle(), grace)
+            except TimeoutError:
+                pass
+        if not self._calls:
+            return
+        for call in list(self._calls):
+            call.fail(RPCError(Status.UNAVAILABLE, "server is shutting down"))
+        try:
+            await asyncio.wait_for(self._wait_idle(), self.config.shutdown_timeout)
+        except TimeoutError:
+            for call in list(self._calls):
+                call.abort(ResetCode.SHUTDOWN)
+
+
+class _RequestIterator:
+    """The async iterator of requests a streaming-request handler gets."""
+
+    __slots__ = ("_call", "_done")
+
+    def __init__(self, call: _ServerCall) -> None:
+        self._call = call
+        self._done = False
+
+    def __aiter__(self) -> _RequestIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._call._queue.get()
+        if item is _END:
+            self._done = True
+            raise StopAsyncIteration
+        return self._call._decode_request(item)
+
+
+class _ServerCall:
+    """One call on one stream, server side."""
+
+    __slots__ = (
+        "_cause",
+        "_ctx",
+        "_details",
+        "_finished",
+        "_handler",
+        "_handler_task",
+        "_header_fut",
+        "_loop",
+        "_pending_first",
+        "_pending_out",
+        "_proto",
+        "_queue",
+        "_raw_eof_sent",
+        "_raw_leftover",
+        "_reader",
+        "_server",
+        "_stream",
+        "_timer",
+    )
+
+    def __init__(self, server: RPCServer, stream: ByteStream) -> None:
+        cfg = server.config
+        self._server = server
+        self._stream = stream
+        self._proto = CallProtocol(
+            Role.SERVER,
+            max_message_size=cfg.max_receive_message_size,
+            max_header_size=cfg.max_header_size,
+            max_metadata_entries=cfg.max_metadata_entries,
+        )
+        self._loop = asyncio.get_running_loop()
+        self._header_fut: asyncio.Future[RequestHeaderReceived] = self._loop.create_future()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(cfg.request_buffer_size)
+        self._raw_leftover: list[bytes] = []
+        self._raw_eof_sent = False
+        self._ctx: ServerCallContext | None = None
+        self._details: CallDetails | None = None
+        self._handler: Handler[Any, Any] | None = None
+        self._handler_task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._cause: BaseException | None = None
+        self._pending_out = b""
+        self._pending_first = False
+        self._finished = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        loop = self._loop
+        self._reader = loop.create_task(self._read_loop())
+        header_timeout = self._server.config.header_timeout
+        htimer = (
+            loop.call_later(header_timeout, self._on_header_timeout)
+            if header_timeout is not None
+            else None
+        )
+        try:
+            try:
+                try:
+                    header = await self._header_fut
+                finally:
+                    if htimer is not None:
+                        htimer.cancel()
+                await self._serve(header)
+                outcome = self._outcome(self._cause)
+            except asyncio.CancelledError:
+                if self._cause is None or _self_cancelled():
+                    raise
+                outcome = self._outcome(self._cause)
+            except Exception as exc:
+                outcome = self._outcome(self._cause if self._cause is not None else exc)
+            await self._finish(outcome)
+        except BaseException:
+            self.abort(ResetCode.CANCEL)
+            raise
+        finally:
+            self._finished = True
+            self._cleanup()
+            try:
+                await self._stream.aclose()
+            except (StreamError, OSError):
+                pass
+
+    def _cleanup(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        task = self._handler_task
+        if task is not None and not task.done():
+            task.cancel()
+
+    def fail(self, cause: BaseException) -> None:
+        """Cancel the call because of ``cause`` (peer reset, deadline, shutdown, bad input)."""
+        if self._finished or self._cause is not None:
+            return
+        self._cause = cause
+        if not self._header_fut.done():
+            self._header_fut.set_exception(cause)
+            return
+        if self._ctx is not None:
+            self._ctx.cancelled._fire(cause)
+        task = self._handler_task
+        if task is not None and not task.done():
+            task.cancel()
+
+    def abort(self, code: int) -> None:
+        """Abort the stream in both directions (last resort)."""
+        try:
+            self._stream.abort(code)
+        except StreamError:
+            pass
+
+    def _on_header_timeout(self) -> None:
+        self.fail(RemoteProtocolError("no request header within the header timeout"))
+
+    def _on_deadline(self) -> None:
+        self.fail(RPCError(Status.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        stream = self._stream
+        proto = self._proto
+        queue = self._queue
+        chunk = self._server.config.receive_chunk_size
+        try:
+            while True:
+                data = await stream.receive(chunk)
+                if not data:
+                    proto.receive_eof()
+                    return
+                for event in proto.receive_data(data):
+                    if isinstance(event, MessageReceived):
+                        await queue.put(event.data)
+                    elif isinstance(event, RequestEnded):
+                        await queue.put(_END)
+                    elif isinstance(event, RequestHeaderReceived):
+                        if not self._header_fut.done():
+                            self._header_fut.set_result(event)
+                    elif isinstance(event, RawDataReceived):
+                        self._raw_leftover.append(event.data)
+                if proto.kind is CallKind.RAW:
+                    return  # the raw handler reads the stream itself
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail(exc)
+
+    def _decode_request(self, data: bytes) -> Any:
+        handler = self._handler
+        assert handler is not None
+        try:
+            message = handler.request_deserializer(data)
+        except Exception as exc:
+            raise SerializationError(
+                f"failed to deserialize the request: {type(exc).__name__}"
+            ) from exc
+        mw = self._server._mw
+        if mw.receiving:
+            assert self._details is not None
+            message = mw.on_receive(self._details, message)
+        return message
+
+    async def _single_request(self) -> Any:
+        item = await self._queue.get()
+        if item is _END:  # the state machine makes this unreachable
+            raise RemoteProtocolError("request ended without a message")
+        return self._decode_request(item)
+
+    # ------------------------------------------------------------------ serving
+
+    async def _serve(self, header: RequestHeaderReceived) -> None:
+        server = self._server
+        cfg = server.config
+        loop = self._loop
+        handler = server._manifest.get(header.method)
+        now = loop.time()
+        deadline = None if header.timeout_us is None else now + header.timeout_us / 1e6
+        limit = cfg.handler_timeout
+        if handler is not None and handler.timeout is not None:
+            limit = handler.timeout if limit is None else min(limit, handler.timeout)
+        if limit is not None and (deadline is None or now + limit < deadline):
+            deadline = now + limit
+        ctx = ServerCallContext(
+            self,
+            method=header.method,
+            kind=header.kind,
+            invocation_metadata=header.metadata,
+            deadline=deadline,
+            peer_info=self._stream.peer_info,
+        )
+        self._ctx = ctx
+        if server._mw.all:
+            self._details = CallDetails(
+                header.method,
+                header.kind,
+                header.metadata,
+                deadline,
+                "server",
+                ctx.peer_info,
+                ctx,
+            )
+        if self._cause is not None:
+            ctx.cancelled._fire(self._cause)
+            return
+        if handler is None:
+            raise RPCError(Status.UNIMPLEMENTED, f"Method not found: {header.method}")
+        if handler.kind is not header.kind:
+            raise RPCError(
+                Status.UNIMPLEMENTED,
+                f"{header.method} is a {handler.kind.name} method, called as {header.kind.name}",
+            )
+        self._handler = handler
+        if deadline is not None:
+            if deadline <= now:
+                raise RPCError(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self._timer = loop.call_at(deadline, self._on_deadline)
+        if server._mw.intercepting:
+            assert self._details is not None
+            chain = build_chain(server._mw.intercepting, self._proceed)
+            task = loop.create_task(chain(self._details))
+        else:
+            task = loop.create_task(self._invoke())
+        self._handler_task = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            if self._cause is None or _self_cancelled():
+                raise
+
+    async def _proceed(self, details: CallDetails) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        ctx.invocation_metadata = details.metadata
+        await self._invoke()
+
+    async def _invoke(self) -> None:
+        handler = self._handler
+        ctx = self._ctx
+        assert handler is not None and ctx is not None
+        kind = handler.kind
+        if kind is CallKind.UNARY:
+            request = await self._single_request()
+            response = await handler.fn(request, ctx)
+            self._pending_first = self._proto.preface_pending
+            self._pending_out = self._encode_response(response)
+        elif kind is CallKind.SERVER_STREAMING:
+            request = await self._single_request()
+            await self._stream_responses(handler.fn(request, ctx))
+        elif kind is CallKind.CLIENT_STREAMING:
+            response = await handler.fn(_RequestIterator(self), ctx)
+            self._pending_first = self._proto.preface_pending
+            self._pending_out = self._encode_response(response)
+        elif kind is CallKind.DUPLEX:
+            await self._stream_responses(handler.fn(_RequestIterator(self), ctx))
+        else:
+            stream = RawStream(self._stream, self._raw_leftover, self._accept_raw, self.fail)
+            await handler.fn(stream, ctx)
+
+    async def _stream_responses(self, result: Any) -> None:
+        if isinstance(result, AsyncIterator):
+            try:
+                async for message in result:
+                    await self.write(message)
+            finally:
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        elif inspect.isawaitable(result):
+            if await result is not None:
+                raise TypeError("a streaming handler must yield responses or use ctx.write()")
+        else:
+            raise TypeError(
+                f"a streaming handler must be an async generator or a coroutine, "
+                f"got {type(result).__name__}"
+            )
+
+    def _encode_response(self, message: Any) -> bytes:
+        handler = self._handler
+        assert handler is not None
+        mw = self._server._mw
+        if mw.sending:
+            assert self._details is not None
+            message = mw.on_send(self._details, message)
+        try:
+            data = handler.response_serializer(message)
+        except Exception as exc:
+            raise SerializationError(
+                f"failed to serialize the response: {type(exc).__name__}"
+            ) from exc
+        limit = self._server.config.max_send_message_size
+        if limit is not None and len(data) > limit:
+            raise RPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"response message larger than max ({len(data)} vs. {limit})",
+            )
+        return self._proto.send_message(data)
+
+    # ------------------------------------------- operations for ServerCallContext
+
+    async def write(self, message: Any) -> None:
+        if self._finished or self._proto.state.response not in (
+            ResponseState.STREAM_IDLE,
+            ResponseState.STREAMING,
+        ):
+            raise LocalProtocolError("cannot write: the response is not streaming or has ended")
+        await self._stream.send(self._encode_response(message))
+
+    async def send_initial_metadata(self, metadata: Metadata) -> None:
+        if self._finished or self._proto.state.response not in _ACCEPTING:
+            raise LocalProtocolError("initial metadata can only be sent before any response")
+        await self._stream.send(self._proto.send_response_header(metadata))
+
+    async def _accept_raw(self) -> None:
+        if self._proto.state.response is ResponseState.RAW_IDLE:
+            await self._stream.send(self._proto.send_response_header(()))
+
+    # ------------------------------------------------------------------- ending
+
+    def _outcome(self, exc: BaseException | None) -> _Outcome:
+        """THE place where exceptions become statuses."""
+        ctx = self._ctx
+        trailing = ctx._trailing if ctx is not None else None
+        if exc is None:
+            if ctx is not None and ctx._status is not None:
+                return _Outcome(ctx._status[0], ctx._status[1], trailing)
+            return _Outcome(Status.OK, "", trailing)
+        if isinstance(exc, RPCError):
+            if trailing and exc.trailing_metadata:
+                trailing = trailing.copy()
+                trailing.extend(exc.trailing_metadata)
+            elif exc.trailing_metadata:
+                trailing = exc.trailing_metadata
+            return _Outcome(exc.status, exc.details, trailing, exc.rich_details)
+        if isinstance(exc, StreamResetError):
+            status = status_for_reset_code(exc.code)
+            return _Outcome(status, "the client reset the stream", reset_code=ResetCode.CANCEL)
+        if isinstance(exc, StreamStoppedError):
+            return _Outcome(Status.CANCELLED, "the client stopped reading", reset_code=exc.code)
+        if isinstance(exc, ConnectionLostError):
+            return _Outcome(Status.UNAVAILABLE, exc.reason, reset_code=ResetCode.CANCEL)
+        if isinstance(exc, RemoteProtocolError):
+            if exc.status is Status.RESOURCE_EXHAUSTED:
+                return _Outcome(Status.RESOURCE_EXHAUSTED, str(exc), trailing)
+            return _Outcome(Status.INTERNAL, str(exc), reset_code=exc.error_code)
+        if isinstance(exc, SerializationError):
+            return _Outcome(Status.INTERNAL, str(exc), trailing)
+        if isinstance(exc, asyncio.CancelledError):
+            return _Outcome(Status.CANCELLED, "the handler was cancelled", trailing)
+        if isinstance(exc, StreamError):
+            return _Outcome(Status.INTERNAL, str(exc), reset_code=ResetCode.INTERNAL_ERROR)
+        method = ctx.method if ctx is not None else "?"
+        _log.error("handler for %s raised", method, exc_info=exc)
+        if self._server.config.expose_exception_details:
+            details = f"{_GENERIC_INTERNAL}: {type(exc).__name__}: {exc}"
+        else:
+            details = _GENERIC_INTERNAL
+        return _Outcome(Status.INTERNAL, details, trailing)
+
+    async def _finish(self, outcome: _Outcome) -> None:
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+        details = self._details
+        if details is not None and self._server._mw.done:
+            try:
+                self._server._mw.on_done(details, outcome.status, outcome.details)
+            except Exception:
+                _log.exception("middleware on_done raised")
+        stream = self._stream
+        proto = self._proto
+        if outcome.reset_code is not None:
+            self.abort(outcome.reset_code)
+            return
+        state = proto.state.response
+        try:
+            if state is ResponseState.NOT_STARTED:
+                self.abort(reset_code_for_status(outcome.status))
+            elif state is ResponseState.RAW:
+                if outcome.status is not Status.OK:
+                    self.abort(reset_code_for_status(outcome.status))
+                else:
+                    try:
+                        await stream.send_eof()
+                    except StreamError:
+                        pass  # the handler half-closed already
+            else:
+                out = self._pending_out
+                if outcome.status is not Status.OK and out:
+                    out = PREFACE if self._pending_first else b""
+                if state is ResponseState.SINGLE_IDLE or state is ResponseState.SINGLE_HEADERS:
+                    if outcome.status is Status.OK and not out:
+                        outcome = _Outcome(Status.INTERNAL, "the handler sent no response")
+                out += proto.send_trailer(
+                    outcome.status,
+                    outcome.details,
+                    outcome.metadata or (),
+                    outcome.rich_details,
+                )
+                await stream.send(out)
+                await stream.send_eof()
+        except (StreamError, OSError) as exc:
+            _log.debug("could not finish %r: %r", self._ctx and self._ctx.method, exc)

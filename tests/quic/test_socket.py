@@ -1,0 +1,332 @@
+"""One shared socket per agent: routing, many connections both ways, dead peers, NAT
+rebinding, garbage, Retry, connection limits, hole-punch datagrams."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from quic_rpc.quic import (
+    HandshakeTimeoutError,
+    QUICConfig,
+    QUICConnection,
+    QUICServer,
+    QUICSocket,
+    connect,
+)
+from quic_rpc.streams import ByteStream, ConnectionLostError
+
+from .certs import PKI, key_pem, pem
+from .conftest import SocketFactory
+from .helpers import echo_handler, hash_reader, read_all, request, wait_for_condition
+
+ROOT = Path(__file__).resolve().parents[2]
+MiB = 1024 * 1024
+
+
+async def test_many_connections_both_ways_through_shared_sockets(
+    make_socket: SocketFactory, server_creds, client_creds
+) -> None:
+    a = await make_socket()
+    b = await make_socket()
+    incoming: dict[str, list[QUICConnection]] = {"a": [], "b": []}
+    server_a = QUICServer(a, server_creds, QUICConfig(), echo_handler,
+                          on_connection=incoming["a"].append)
+    server_b = QUICServer(b, server_creds, QUICConfig(), echo_handler,
+                          on_connection=incoming["b"].append)
+    await server_a.start()
+    await server_b.start()
+    count = 12
+
+    async def dial(src: QUICSocket, dst: QUICSocket, index: int) -> QUICConnection:
+        conn = await connect(src, *dst.local_address, client_creds)
+        for n in range(3):
+            payload = f"{index}:{n}".encode() * 100
+            assert await request(conn, payload) == payload
+        return conn
+
+    conns = await asyncio.gather(
+        *(dial(a, b, i) for i in range(count)), *(dial(b, a, i) for i in range(count))
+    )
+    # every client connection leaves from its agent's one socket
+    assert all(c.local_address == a.local_address for c in conns[:count])
+    assert all(c.local_address == b.local_address for c in conns[count:])
+    assert len(incoming["a"]) == count and len(incoming["b"]) == count
+    assert len(server_a.connections) == count and len(server_b.connections) == count
+    assert {c.remote_address[1] for c in server_b.connections} == {a.local_address[1]}
+    assert len(a.connections) == 2 * count  # its clients plus its server's connections
+    await asyncio.gather(*(c.aclose() for c in conns))
+    await server_a.stop()
+    await server_b.stop()
+
+
+async def test_killed_peer_detected_by_idle_timeout(
+    make_socket: SocketFactory, pki: PKI, client_creds, tmp_path: Path
+) -> None:
+    key, chain = pki.leaf("server")
+    (tmp_path / "root.pem").write_bytes(pki.root_pem)
+    (tmp_path / "key.pem").write_bytes(key_pem(key))
+    (tmp_path / "chain.pem").write_bytes(pem(*chain))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.quic.peer_process",
+        str(tmp_path / "root.pem"), str(tmp_path / "key.pem"), str(tmp_path / "chain.pem"),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int((await asyncio.wait_for(proc.stdout.readline(), 60)).decode())
+        csock = await make_socket()
+        config = QUICConfig(idle_timeout=1.0, keepalive_interval=0.3)
+        conn = await connect(csock, "127.0.0.1", port, client_creds, config)
+        assert await request(conn, b"alive") == b"alive"
+        stream = await conn.open_stream()
+        await stream.send(b"half a request")
+        pending = asyncio.create_task(stream.receive())
+        assert await pending == b"half a request"  # echo is live
+        pending = asyncio.create_task(stream.receive())
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        with pytest.raises(ConnectionLostError) as info:
+            await asyncio.wait_for(pending, 30)
+        assert info.value.reason == "idle timeout"
+        with pytest.raises(ConnectionLostError):
+            await stream.send(b"more")
+        with pytest.raises(ConnectionLostError):
+            await conn.open_stream()
+        await conn.wait_closed()
+        assert csock.connections == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+class _Relay(asyncio.DatagramProtocol):
+    """A loopback 'NAT': forwards client→server from an outbound socket it can swap."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: tuple[str, int] | None = None
+        self.front: asyncio.DatagramTransport | None = None
+        self.outbound: list[asyncio.DatagramTransport] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.front = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.client = addr
+        self.outbound[-1].sendto(data, self.server)
+
+    async def rebind(self) -> None:
+        loop = asyncio.get_running_loop()
+        relay = self
+
+        class Back(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                if relay.front is not None and relay.client is not None:
+                    relay.front.sendto(data, relay.client)
+
+        transport, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
+        self.outbound.append(transport)
+
+    def close(self) -> None:
+        for transport in [self.front, *self.outbound]:
+            if transport is not None:
+                transport.close()
+
+
+async def test_nat_rebinding_mid_transfer(make_socket: SocketFactory, server_creds, client_creds) -> None:
+    result: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        if result.done():
+            await echo_handler(stream)
+            return
+        result.set_result(await hash_reader(stream))
+        await stream.send(b"done")
+        await stream.send_eof()
+
+    ssock = await make_socket()
+    server = QUICServer(ssock, server_creds, QUICConfig(), handler)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    relay = _Relay(ssock.local_address)
+    await relay.rebind()
+    front, _ = await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0))
+    try:
+        csock = await make_socket()
+        conn = await connect(csock, *front.get_extra_info("sockname")[:2], client_creds)
+        await wait_for_condition(lambda: bool(server.connections))
+        sconn = server.connections[0]
+        first_port = sconn.remote_address[1]
+        stream = await conn.open_stream()
+        block = os.urandom(64 * 1024)
+        sent = 0
+        for index in range(128):  # 8 MiB, rebinding half way
+            if index == 64:
+                await relay.rebind()
+            await stream.send(block)
+            sent += len(block)
+        await stream.send_eof()
+        total, _ = await asyncio.wait_for(result, 60)
+        assert total == sent
+        assert await read_all(stream) == b"done"
+        assert sconn.remote_address[1] != first_port
+        assert sconn.remote_address[1] == relay.outbound[-1].get_extra_info("sockname")[1]
+        assert await request(conn, b"after") == b"after"
+        await conn.aclose()
+    finally:
+        await server.stop()
+        relay.close()
+        await asyncio.sleep(0)
+
+
+async def test_garbage_datagrams_do_not_disturb_live_connections(
+    make_socket: SocketFactory, server_creds, client_creds
+) -> None:
+    result: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        if result.done():
+            await echo_handler(stream)
+            return
+        result.set_result(await hash_reader(stream))
+
+    ssock = await make_socket()
+    server = QUICServer(ssock, server_creds, QUICConfig(), handler)
+    await server.start()
+    csock = await make_socket()
+    conn = await connect(csock, *ssock.local_address, client_creds)
+    await wait_for_condition(lambda: bool(server.connections))
+    known_cid = next(cid for cid, c in ssock._routes.items() if c is server.connections[0])
+    stream = await conn.open_stream()
+    rogue = await make_socket()
+    garbage = [
+        b"", b"\x00", b"\xff" * 5, os.urandom(40), os.urandom(1500),
+        b"\xc0" + os.urandom(1300),  # long header with junk
+        b"\xc0\x00\x00\x00\x01\x08" + os.urandom(1300),  # v1 "Initial" of junk
+        b"\x40" + known_cid + os.urandom(100),  # short header for a live cid, bad crypto
+        b"\x40" + os.urandom(60),  # unknown short header: may draw a stateless reset
+    ]
+    block = os.urandom(64 * 1024)
+    for index in range(64):
+        if index % 8 == 0:
+            for junk in garbage:
+                rogue.send_punch(*ssock.local_address, payload=junk)
+                csock.send_punch(*ssock.local_address, payload=junk)
+        await stream.send(block)
+    await stream.send_eof()
+    total, _ = await asyncio.wait_for(result, 60)
+    assert total == 64 * len(block)
+    assert not conn.is_closed and len(server.connections) == 1
+    assert await request(conn, b"still fine") == b"still fine"
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_unrouted_datagrams_reach_callback(make_socket: SocketFactory) -> None:
+    a = await make_socket()
+    b = await make_socket()
+    got: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+    b.on_unrouted = lambda data, addr: got.put_nowait((data, addr))
+    a.send_punch(*b.local_address)
+    data, addr = await asyncio.wait_for(got.get(), 5)
+    assert data == b"\x00quicshift-punch" and addr == a.local_address
+    a.send_punch(*b.local_address, payload=b"\x41custom")  # looks like a short header
+    data, addr = await asyncio.wait_for(got.get(), 5)
+    assert data == b"\x41custom"
+
+
+async def test_retry_address_validation(make_socket: SocketFactory, server_creds, client_creds) -> None:
+    config = QUICConfig(retry=True)
+    ssock = await make_socket()
+    server = QUICServer(ssock, server_creds, config, echo_handler)
+    await server.start()
+    csock = await make_socket()
+    conn = await connect(csock, *ssock.local_address, client_creds, config)
+    assert await request(conn, b"validated") == b"validated"
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_max_connections_refuses_more(make_socket: SocketFactory, server_creds, client_creds) -> None:
+    ssock = await make_socket()
+    server = QUICServer(ssock, server_creds, QUICConfig(max_connections=2), echo_handler)
+    await server.start()
+    csock = await make_socket()
+    first = [await connect(csock, *ssock.local_address, client_creds) for _ in range(2)]
+    with pytest.raises(HandshakeTimeoutError):
+        await connect(csock, *ssock.local_address, client_creds, QUICConfig(handshake_timeout=0.5))
+    assert server.refused >= 1
+    await first[0].aclose()
+    await wait_for_condition(lambda: len(server.connections) == 1)
+    third = await connect(csock, *ssock.local_address, client_creds)
+    for conn in (first[1], third):
+        await conn.aclose()
+    await server.stop()
+
+
+async def test_keepalive_keeps_idle_connection_open(
+    make_socket: SocketFactory, server_creds, client_creds
+) -> None:
+    config = QUICConfig(idle_timeout=0.6, keepalive_interval=0.15)
+    ssock = await make_socket()
+    server = QUICServer(ssock, server_creds, config, echo_handler)
+    await server.start()
+    csock = await make_socket()
+    conn = await connect(csock, *ssock.local_address, client_creds, config)
+    sent_before = conn.stats()["datagrams_sent"]
+    await asyncio.sleep(2.0)  # several idle timeouts long
+    assert not conn.is_closed
+    assert conn.stats()["datagrams_sent"] > sent_before  # PINGs went out
+    assert await request(conn, b"still here") == b"still here"
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_socket_close_aborts_connections(make_socket: SocketFactory, server_creds, client_creds) -> None:
+    ssock = await make_socket()
+    server = QUICServer(ssock, server_creds, QUICConfig(), echo_handler)
+    await server.start()
+    csock = await QUICSocket.bind("127.0.0.1", 0)
+    conn = await connect(csock, *ssock.local_address, client_creds)
+    stream = await conn.open_stream()
+    await csock.close()
+    with pytest.raises(ConnectionLostError):
+        await stream.receive()
+    assert conn.close_reason is not None and "socket closed" in conn.close_reason.reason
+    await wait_for_condition(lambda: not server.connections)  # the peer saw our close
+    await server.stop()
+
+
+async def test_restarted_peer_stateless_reset_ends_connection(
+    make_socket: SocketFactory, server_creds, client_creds
+) -> None:
+    key = os.urandom(32)
+    ssock = await QUICSocket.bind("127.0.0.1", 0, reset_key=key)
+    host, port = ssock.local_address
+    server = QUICServer(ssock, server_creds, QUICConfig(), echo_handler)
+    await server.start()
+    csock = await make_socket()
+    conn = await connect(csock, host, port, client_creds, QUICConfig(idle_timeout=60))
+    assert await request(conn, b"x" * 100) == b"x" * 100
+    # the server process "restarts": all state lost, same port, same reset key
+    ssock._connections.clear()
+    ssock._routes.clear()
+    for sconn in server.connections:
+        sconn._finalized = True
+        if sconn._timer is not None:
+            sconn._timer.cancel()
+    await ssock.close()
+    restarted = await make_socket("127.0.0.1", port, reset_key=key)
+    stream = await conn.open_stream()
+    await stream.send(b"y" * 200)
+    with pytest.raises(ConnectionLostError) as info:
+        await asyncio.wait_for(stream.receive(), 10)
+    assert "stateless reset" in info.value.reason
+    assert restarted.connections == []

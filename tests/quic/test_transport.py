@@ -1,0 +1,473 @@
+"""Streams over the QUIC transport: data integrity, backpressure, resets, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import psutil
+import pytest
+
+from quic_rpc.quic import (
+    QUICConfig,
+    QUICConnection,
+    QUICServer,
+    QUICStream,
+    TLSCredentials,
+    connect,
+)
+from quic_rpc.streams import (
+    ByteStream,
+    ConnectionLostError,
+    StreamClosedError,
+    StreamOpener,
+    StreamResetError,
+    StreamStoppedError,
+)
+
+from .conftest import SocketFactory
+from .helpers import (
+    chunk,
+    echo_handler,
+    hash_reader,
+    read_all,
+    request,
+    wait_for_condition,
+    wait_until_stable,
+)
+
+MiB = 1024 * 1024
+
+
+async def _pair(
+    make_socket: SocketFactory,
+    server_creds: TLSCredentials,
+    client_creds: TLSCredentials,
+    handler: object = echo_handler,
+    config: QUICConfig | None = None,
+    client_config: QUICConfig | None = None,
+    **socket_kwargs: object,
+) -> tuple[QUICServer, QUICConnection]:
+    ssock = await make_socket(**socket_kwargs)
+    csock = await make_socket(**socket_kwargs)
+    server = QUICServer(ssock, server_creds, config or QUICConfig(), handler)  # type: ignore[arg-type]
+    await server.start()
+    host, port = ssock.local_address
+    conn = await connect(csock, host, port, client_creds, client_config or config)
+    return server, conn
+
+
+async def test_echo_and_protocols(make_socket, server_creds, client_creds) -> None:
+    server, conn = await _pair(make_socket, server_creds, client_creds)
+    assert isinstance(conn, StreamOpener)
+    stream = await conn.open_stream()
+    assert isinstance(stream, ByteStream)
+    assert await request(conn, b"hello") == b"hello"
+    info = conn.peer_info
+    assert info.transport == "quic"
+    assert info.alpn == "quicshift-rpc/1"
+    assert info.remote_port == server.socket.local_address[1]
+    assert info.remote_chain and info.identity is not None
+    stats = conn.stats()
+    for key in ("rtt_smoothed", "rtt_min", "rtt_latest", "cwnd", "bytes_sent", "packets_lost"):
+        assert key in stats
+    assert stats["rtt_smoothed"] > 0
+    await wait_for_condition(lambda: len(server.connections) == 1)
+    sconn = server.connections[0]
+    assert sconn.peer_identity is not None and sconn.alpn == "quicshift-rpc/1"
+    await stream.aclose()
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_half_close_each_direction(make_socket, server_creds, client_creds) -> None:
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        await stream.send(b"server-first")
+        await stream.send_eof()
+        got.set_result(await read_all(stream))
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler)
+    stream = await conn.open_stream()
+    await stream.send(b"x")
+    assert await read_all(stream) == b"server-first"
+    await stream.send(b"yz")  # our direction is still open after the peer's EOF
+    await stream.send_eof()
+    assert await got == b"xyz"
+    with pytest.raises(StreamClosedError):
+        await stream.send(b"after eof")
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_64_mib_one_stream_intact_bounded_memory(
+    make_socket, server_creds, client_creds
+) -> None:
+    result: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+    peak_receive = 0
+    streams: list[QUICStream] = []
+
+    async def handler(stream: ByteStream) -> None:
+        assert isinstance(stream, QUICStream)
+        streams.append(stream)
+        result.set_result(await hash_reader(stream))
+        await stream.send(b"ok")
+
+    config = QUICConfig()
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak_rss = baseline
+    peak_send = 0
+
+    async def sampler() -> None:
+        nonlocal peak_rss, peak_send, peak_receive
+        while True:
+            peak_rss = max(peak_rss, process.memory_info().rss)
+            peak_send = max(peak_send, stream.buffered_send)
+            if streams:
+                peak_receive = max(peak_receive, streams[0].buffered_receive)
+            await asyncio.sleep(0.02)
+
+    stream = await conn.open_stream()
+    sampling = asyncio.create_task(sampler())
+    block = os.urandom(MiB)
+    digest = hashlib.sha256()
+    for index in range(64):
+        data = chunk(index, MiB, block)
+        digest.update(data)
+        await stream.send(data)
+    await stream.send_eof()
+    total, received_digest = await result
+    sampling.cancel()
+    await asyncio.gather(sampling, return_exceptions=True)
+    assert total == 64 * MiB
+    assert received_digest == digest.digest()
+    assert await read_all(stream) == b"ok"
+    assert peak_send <= config.stream_send_buffer
+    assert peak_receive <= config.stream_window
+    assert peak_rss - baseline < 64 * MiB
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_1000_concurrent_streams(make_socket, server_creds, client_creds) -> None:
+    config = QUICConfig(max_streams=1000)
+    server, conn = await _pair(make_socket, server_creds, client_creds, echo_handler, config)
+    streams = [await conn.open_stream() for _ in range(1000)]
+    assert len({s.stream_id for s in streams}) == 1000
+
+    async def one(index: int, stream: QUICStream) -> bytes:
+        payload = index.to_bytes(4, "big") * 16
+        await stream.send(payload)
+        await stream.send_eof()
+        return await read_all(stream)
+
+    replies = await asyncio.gather(*(one(i, s) for i, s in enumerate(streams)))
+    assert replies == [i.to_bytes(4, "big") * 16 for i in range(1000)]
+    await wait_for_condition(lambda: conn.streams == 0)
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_open_stream_waits_for_peer_stream_limit(
+    make_socket, server_creds, client_creds
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(stream: ByteStream) -> None:
+        await release.wait()
+        await echo_handler(stream)
+
+    config = QUICConfig(max_streams=4)
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
+    first = [await conn.open_stream() for _ in range(4)]
+    for stream in first:
+        await stream.send(b"a")
+        await stream.send_eof()
+    fifth = asyncio.create_task(conn.open_stream())
+    await asyncio.sleep(0.2)
+    assert not fifth.done()
+    release.set()
+    for stream in first:
+        assert await read_all(stream) == b"a"
+    stream5 = await asyncio.wait_for(fifth, 10)
+    await stream5.send(b"five")
+    await stream5.send_eof()
+    assert await read_all(stream5) == b"five"
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_backpressure_paused_reader_blocks_writer(
+    make_socket, server_creds, client_creds
+) -> None:
+    resume = asyncio.Event()
+    server_streams: list[QUICStream] = []
+    done: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        assert isinstance(stream, QUICStream)
+        server_streams.append(stream)
+        await resume.wait()
+        done.set_result(await hash_reader(stream))
+
+    config = QUICConfig(stream_window=256 * 1024, connection_window=1 * MiB,
+                        stream_send_buffer=256 * 1024)
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
+    stream = await conn.open_stream()
+    accepted = 0
+    piece = os.urandom(64 * 1024)
+    total = 8 * MiB
+
+    async def writer() -> None:
+        nonlocal accepted
+        while accepted < total:
+            await stream.send(piece)
+            accepted += len(piece)
+        await stream.send_eof()
+
+    task = asyncio.create_task(writer())
+    await wait_for_condition(lambda: bool(server_streams))
+    stalled_at = await wait_until_stable(lambda: accepted)
+    assert not task.done()
+    # bounded: the peer's window plus our send buffer, plus the piece in progress
+    limit = config.stream_window + config.stream_send_buffer + len(piece)
+    assert stalled_at <= limit
+    assert stream.buffered_send <= config.stream_send_buffer
+    assert server_streams[0].buffered_receive <= config.stream_window
+    resume.set()
+    await asyncio.wait_for(task, 60)
+    received, _ = await done
+    assert received == total
+    await conn.aclose()
+    await server.stop()
+
+
+@pytest.mark.parametrize("code", [0, 0x42, 2**62 - 1])
+async def test_reset_reaches_peer_with_code(make_socket, server_creds, client_creds, code) -> None:
+    outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        try:
+            while await stream.receive():
+                pass
+        except StreamResetError as exc:
+            outcome.set_result(exc)
+            raise
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler)
+    stream = await conn.open_stream()
+    await stream.send(b"partial")
+    stream.reset(code)
+    error = await asyncio.wait_for(outcome, 10)
+    assert isinstance(error, StreamResetError) and error.code == code
+    with pytest.raises(StreamClosedError):
+        await stream.send(b"more")
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_server_reset_and_stop_sending_reach_client(
+    make_socket, server_creds, client_creds
+) -> None:
+    async def handler(stream: ByteStream) -> None:
+        await stream.receive()
+        stream.stop_sending(0x77)
+        stream.reset(0x66)
+        await asyncio.sleep(0)
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler)
+    stream = await conn.open_stream()
+    await stream.send(b"go")
+    with pytest.raises(StreamResetError) as reset:
+        await stream.receive()
+    assert reset.value.code == 0x66
+    with pytest.raises(StreamStoppedError) as stopped:
+        for _ in range(1000):
+            await stream.send(b"x" * 1024)
+            await asyncio.sleep(0.001)
+    assert stopped.value.code == 0x77
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_client_stop_sending_reaches_server(make_socket, server_creds, client_creds) -> None:
+    outcome: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        try:
+            while True:
+                await stream.send(b"y" * 4096)
+        except StreamStoppedError as exc:
+            outcome.set_result(exc.code)
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler)
+    stream = await conn.open_stream()
+    await stream.send(b"start")
+    assert await stream.receive()
+    stream.stop_sending(0x99)
+    assert await asyncio.wait_for(outcome, 10) == 0x99
+    with pytest.raises(StreamClosedError):
+        await stream.receive()
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_graceful_stop_lets_inflight_streams_finish(
+    make_socket, server_creds, client_creds
+) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(stream: ByteStream) -> None:
+        data = await read_all(stream)
+        entered.set()
+        await release.wait()
+        await stream.send(data * 1000)
+        await stream.send_eof()
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler)
+    stream = await conn.open_stream()
+    await stream.send(b"abc")
+    await stream.send_eof()
+    await entered.wait()
+    stopping = asyncio.create_task(server.stop(grace=30))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    release.set()
+    assert await read_all(stream) == b"abc" * 1000
+    await asyncio.wait_for(stopping, 30)
+    assert server.connections == []
+    await wait_for_condition(lambda: conn.is_closed)
+    with pytest.raises(ConnectionLostError):
+        await conn.open_stream()
+    await conn.wait_closed()
+
+
+async def test_graceful_stop_deadline_cuts_stuck_streams(
+    make_socket, server_creds, client_creds
+) -> None:
+    entered = asyncio.Event()
+
+    async def handler(stream: ByteStream) -> None:
+        entered.set()
+        await asyncio.sleep(3600)
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler)
+    stream = await conn.open_stream()
+    await stream.send(b"hang")
+    await entered.wait()
+    await server.stop(grace=0.2)
+    with pytest.raises(ConnectionLostError):
+        await asyncio.wait_for(stream.receive(), 10)
+    await conn.wait_closed()
+
+
+async def test_local_close_fails_open_streams(make_socket, server_creds, client_creds) -> None:
+    server, conn = await _pair(make_socket, server_creds, client_creds)
+    stream = await conn.open_stream()
+    pending = asyncio.create_task(stream.receive())
+    await asyncio.sleep(0.01)
+    conn.close(0x5, "bye")
+    with pytest.raises(ConnectionLostError):
+        await pending
+    with pytest.raises(ConnectionLostError):
+        await stream.send(b"x")
+    await conn.wait_closed()
+    await wait_for_condition(lambda: not server.connections)
+    await server.stop()
+
+
+async def test_handler_exception_aborts_stream(make_socket, server_creds, client_creds) -> None:
+    async def handler(stream: ByteStream) -> None:
+        await stream.receive()
+        raise RuntimeError("boom")
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler)
+    stream = await conn.open_stream()
+    await stream.send(b"x")
+    with pytest.raises(StreamResetError):
+        await stream.receive()
+    assert stream.peer_info.transport == "quic"
+    assert not conn.is_closed  # one failed handler does not take the connection down
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_datagrams(make_socket, server_creds, client_creds) -> None:
+    config = QUICConfig(datagrams=True)
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_connection(sconn: QUICConnection) -> None:
+        sconn.on_datagram = lambda data: (got.put_nowait(data), sconn.send_datagram(data[::-1]))
+
+    ssock = await make_socket()
+    csock = await make_socket()
+    server = QUICServer(ssock, server_creds, config, echo_handler, on_connection=on_connection)
+    await server.start()
+    conn = await connect(csock, *ssock.local_address, client_creds, config)
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+    conn.on_datagram = replies.put_nowait
+    for _ in range(20):  # unreliable: resend until one round trip succeeds
+        conn.send_datagram(b"ping!")
+        try:
+            assert await asyncio.wait_for(replies.get(), 0.5) == b"!gnip"
+            break
+        except TimeoutError:
+            continue
+    else:
+        pytest.fail("no datagram came back")
+    assert await got.get() == b"ping!"
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_portable_io_and_no_gso_paths(make_socket, server_creds, client_creds) -> None:
+    for kwargs in ({"io": "transport"}, {"io": "selector", "gso": False}):
+        server, conn = await _pair(make_socket, server_creds, client_creds, **kwargs)
+        assert server.socket.io_mode == kwargs["io"]
+        assert not server.socket.gso_enabled
+        payload = os.urandom(2 * MiB)
+        assert await request(conn, payload) == payload
+        await conn.aclose()
+        await server.stop()
+
+
+async def test_ipv6_and_dual_stack(make_socket, server_creds, client_creds) -> None:
+    if not _has_ipv6():
+        pytest.skip("no IPv6 loopback")
+    ssock = await make_socket("::")
+    server = QUICServer(ssock, server_creds, QUICConfig(), echo_handler)
+    await server.start()
+    port = ssock.local_address[1]
+    v6 = await make_socket("::1")
+    v4 = await make_socket("127.0.0.1")
+    conn6 = await connect(v6, "::1", port, client_creds)
+    conn4 = await connect(v4, "127.0.0.1", port, client_creds)
+    assert await request(conn6, b"six") == b"six"
+    assert await request(conn4, b"four") == b"four"
+    assert conn6.remote_address == ("::1", port)
+    await wait_for_condition(lambda: len(server.connections) == 2)
+    remote_hosts = sorted(c.remote_address[0] for c in server.connections)
+    assert remote_hosts == ["127.0.0.1", "::1"]
+    # a dual-stack socket dials IPv4 too
+    dual = await make_socket("::")
+    conn_dual = await connect(dual, "127.0.0.1", port, client_creds)
+    assert await request(conn_dual, b"dual") == b"dual"
+    for conn in (conn6, conn4, conn_dual):
+        await conn.aclose()
+    await server.stop()
+
+
+def _has_ipv6() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

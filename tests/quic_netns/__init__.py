@@ -1,0 +1,1 @@
+"""QUIC transport tests across network namespaces (lossy/delayed links, NAT rebinding)."""
