@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -82,7 +83,12 @@ class LegacyAgent:
         stop_grace: float = 1.0,
     ) -> None:
         """``identity`` replaces the stored one (and is saved); without it the stored one
-        is loaded, or a new ``key_type`` identity generated and saved."""
+        is loaded, or a new ``key_type`` identity generated and saved.
+
+        The forward proxy listens on loopback and dials peers *as this node*, so it always
+        requires Basic proxy credentials: ``proxy_auth``, or random ones made per start
+        (this agent's NodeConnections carry them; other local processes do not).
+        """
         self._state_dir = Path(state_dir)
         self._identity_arg = identity
         self._key_type: KeyType = key_type
@@ -157,7 +163,7 @@ class LegacyAgent:
             self._credentials,
             verify,
             NodeId.parse,
-            auth=self._proxy_auth,
+            auth=self._proxy_auth or ProxyCredentials("agent", secrets.token_urlsafe(24)),
             connect_timeout=self._connect_timeout,
         )
         await self._forward.start()

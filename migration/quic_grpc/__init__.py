@@ -19,7 +19,7 @@ Differences from grpcio, by design:
 
 from __future__ import annotations
 
-from . import aio
+from . import aio, descriptor
 from ._channel import Channel, channel_ready_future
 from ._compat import (
     GRPC_AVAILABLE,
@@ -114,6 +114,7 @@ __all__ = [
     "channel_ready_future",
     "code_from_number",
     "code_number",
+    "descriptor",
     "insecure_channel",
     "intercept_channel",
     "method_handlers_generic_handler",

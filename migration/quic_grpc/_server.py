@@ -238,6 +238,17 @@ class _Dispatcher:
             await io.finish(CallStatus(code_number(StatusCode.UNIMPLEMENTED), "Method not found!"))
             state.terminate()
             return
+        streaming = (bool(handler.request_streaming), bool(handler.response_streaming))
+        if io.info.streaming is not None and io.info.streaming != streaming:
+            await io.finish(
+                CallStatus(
+                    code_number(StatusCode.UNIMPLEMENTED),
+                    f"{io.info.method} has request/response streaming {streaming}, "
+                    f"called as {io.info.streaming}",
+                )
+            )
+            state.terminate()
+            return
         timer: asyncio.TimerHandle | None = None
         if io.info.deadline is not None:
             timer = loop.call_at(io.info.deadline, self._on_deadline, state)

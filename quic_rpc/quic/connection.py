@@ -21,6 +21,7 @@ from .engine import EngineConnection, events
 from .errors import (
     CRYPTO_ERROR_BAD_CERTIFICATE,
     CertificateRejectedByPeerError,
+    ConnectionLimitError,
     DatagramError,
     HandshakeError,
     HandshakeTimeoutError,
@@ -41,6 +42,7 @@ HANDLER_ERROR_CODE = 0x1
 """Application code used to abort a stream whose handler raised."""
 
 _CERTIFICATE_ALERTS = frozenset(0x100 + alert for alert in (42, 43, 44, 45, 46, 48, 116))
+_CONNECTION_REFUSED = 0x2
 _ping_ids = itertools.count(1)
 
 
@@ -491,6 +493,8 @@ class QUICConnection:
                 f"the peer rejected our certificate: {detail or 'no reason given'}",
                 error_code=code,
             )
+        if code == _CONNECTION_REFUSED and not self._local_close:
+            return ConnectionLimitError(f"the server refused the connection: {lost.reason}", error_code=code)
         return HandshakeError(f"handshake failed: {lost.reason}", error_code=code)
 
     def _mark_lost(self, error: ConnectionLostError) -> None:
@@ -562,15 +566,18 @@ class QUICConnection:
             self._keepalive_due = self._last_heard + interval
             if timer_at is None or self._keepalive_due < timer_at:
                 timer_at = self._keepalive_due
-        if self._timer is not None and self._timer_at != timer_at:
+        if timer_at is None:
+            return  # an armed timer firing early is harmless: it just re-arms
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= timer_at:
+                return  # keep the earlier timer instead of churning handles
             self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._on_timer)
+        self._timer = self._loop.call_at(timer_at, self._on_timer)
         self._timer_at = timer_at
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = None
         if self._finalized:
             return
         now = self._loop.time()

@@ -60,12 +60,6 @@ class SocketClosedError(QUICError):
     code = "socket_closed"
 
 
-class ConnectionLimitError(QUICError):
-    """The server refused a connection because ``max_connections`` was reached."""
-
-    code = "connection_limit"
-
-
 class DatagramError(QUICError):
     """Datagrams (RFC 9221) are not enabled on this connection, or one is too large."""
 
@@ -86,6 +80,12 @@ class HandshakeError(QUICError):
         self.error_code = error_code
         text = reason if error_code is None else f"{reason} (error code {error_code:#x})"
         super().__init__(text)
+
+
+class ConnectionLimitError(HandshakeError):
+    """The server refused the connection (CONNECTION_REFUSED), e.g. ``max_connections``."""
+
+    code = "connection_refused"
 
 
 class HandshakeTimeoutError(HandshakeError):

@@ -23,6 +23,7 @@ __all__ = ["HandshakeFailure", "QUICServer"]
 
 _log = logging.getLogger(__name__)
 _FAILURES_KEPT = 256
+_CONNECTION_REFUSED = 0x2
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,7 @@ class QUICServer:
                 "%r: refusing a connection from %s:%d (max_connections=%d reached)",
                 self, display_host(peer[0]), peer[1], self._config.max_connections,
             )
+            self._refuse(header, data, peer, now)
             return None
         original_dcid = header.destination_cid
         retry_scid: bytes | None = None
@@ -178,6 +180,22 @@ class QUICServer:
         conn._start_handshake_timer()
         conn._datagram_received(data, peer, now)
         return conn
+
+    def _refuse(self, header: PacketHeader, data: bytes, peer: tuple[str, int], now: float) -> None:
+        """Answer with CONNECTION_REFUSED so the client fails fast instead of timing out."""
+        engine = EngineConnection(
+            config=self._config,
+            credentials=self._credentials,
+            is_client=False,
+            reset_key=self._socket._reset_key,
+            original_destination_connection_id=header.destination_cid,
+        )
+        engine.receive_datagram(data, peer, now)
+        # a transport-level close (frame_type given), as CONNECTION_REFUSED is a transport code
+        engine.close(
+            error_code=_CONNECTION_REFUSED, frame_type=0, reason_phrase="server at max_connections"
+        )
+        self._socket._send_datagrams(engine.datagrams_to_send(now))
 
     def _connection_established(self, conn: QUICConnection) -> None:
         self._established[conn] = None

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Generator, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from ..streams import (
     ByteStream,
@@ -355,6 +355,8 @@ class ClientCall(Generic[Resp]):
             self._terminate(Status.INTERNAL, str(exc), ResetCode.CANCEL)
         elif isinstance(exc, StreamError | OSError):
             self._terminate(Status.UNAVAILABLE, f"{type(exc).__name__}: {exc}", ResetCode.CANCEL)
+        elif isinstance(exc, asyncio.CancelledError):
+            self._terminate(Status.CANCELLED, "Locally cancelled", ResetCode.CANCEL)
         else:
             self._terminate(Status.UNKNOWN, f"{type(exc).__name__}: {exc}", ResetCode.CANCEL)
 
@@ -517,9 +519,17 @@ class ClientCall(Generic[Resp]):
                 _log.debug("error after the call ended: %r", exc)
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        """Run ``coro`` in a task owned by this call; its failures are the call's status."""
+        task = asyncio.ensure_future(self._quietly(coro))
         self._owned.append(task)
         return task
+
+    async def _quietly(self, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except (Exception, asyncio.CancelledError) as exc:
+            if self._final is None:
+                self._fail(exc)
 
     def __repr__(self) -> str:
         status = "running" if self._final is None else self._final[0].name
@@ -983,6 +993,30 @@ class RPCClient:
     def opener(self) -> StreamOpener:
         return self._opener
 
+    @overload
+    def unary(
+        self,
+        method: str,
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike = None,
+        request_serializer: Callable[[Req], bytes] | None = None,
+        response_deserializer: None = None,
+    ) -> UnaryCall[bytes]: ...
+
+    @overload
+    def unary(
+        self,
+        method: str,
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike = None,
+        request_serializer: Callable[[Req], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Resp],
+    ) -> UnaryCall[Resp]: ...
+
     def unary(
         self,
         method: str,
@@ -1003,6 +1037,30 @@ class RPCClient:
             request_serializer=request_serializer,
             response_deserializer=response_deserializer,
         )
+
+    @overload
+    def server_streaming(
+        self,
+        method: str,
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike = None,
+        request_serializer: Callable[[Req], bytes] | None = None,
+        response_deserializer: None = None,
+    ) -> ServerStreamingCall[bytes]: ...
+
+    @overload
+    def server_streaming(
+        self,
+        method: str,
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike = None,
+        request_serializer: Callable[[Req], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Resp],
+    ) -> ServerStreamingCall[Resp]: ...
 
     def server_streaming(
         self,
@@ -1025,6 +1083,30 @@ class RPCClient:
             response_deserializer=response_deserializer,
         )
 
+    @overload
+    def client_streaming(
+        self,
+        method: str,
+        requests: AsyncIterable[Req] | Iterable[Req] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike = None,
+        request_serializer: Callable[[Req], bytes] | None = None,
+        response_deserializer: None = None,
+    ) -> ClientStreamingCall[bytes]: ...
+
+    @overload
+    def client_streaming(
+        self,
+        method: str,
+        requests: AsyncIterable[Req] | Iterable[Req] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike = None,
+        request_serializer: Callable[[Req], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Resp],
+    ) -> ClientStreamingCall[Resp]: ...
+
     def client_streaming(
         self,
         method: str,
@@ -1045,6 +1127,30 @@ class RPCClient:
             request_serializer=request_serializer,
             response_deserializer=response_deserializer,
         )
+
+    @overload
+    def duplex(
+        self,
+        method: str,
+        requests: AsyncIterable[Req] | Iterable[Req] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike = None,
+        request_serializer: Callable[[Req], bytes] | None = None,
+        response_deserializer: None = None,
+    ) -> DuplexCall[bytes]: ...
+
+    @overload
+    def duplex(
+        self,
+        method: str,
+        requests: AsyncIterable[Req] | Iterable[Req] | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike = None,
+        request_serializer: Callable[[Req], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Resp],
+    ) -> DuplexCall[Resp]: ...
 
     def duplex(
         self,

@@ -7,6 +7,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +20,7 @@ from agent.nodeid import NodeId
 from agent.servicer import node_id_to_proto, request_cross_sign, signed_notification_to_proto
 from legacy_grpc import NodeIdMismatchError
 from protos.agent.v1 import agent_service_pb2 as pb
+from protos.agent.v1 import agent_service_pb2_grpc
 from protos.agent.v1 import common_pb2 as common
 from protos.grpc.health.v1 import health_pb2
 from tests.legacy._support import collect_pages
@@ -272,3 +274,32 @@ async def test_unknown_node_and_wrong_node(fleet: list[LegacyAgent]) -> None:
     with pytest.raises(NodeIdMismatchError) as info:
         await src.connect(stranger, fleet[1].host, fleet[1].port)
     assert info.value.actual == fleet[1].node_id
+
+
+async def test_forward_proxy_serves_only_its_agent(fleet: list[LegacyAgent]) -> None:
+    src, dst = fleet[0], fleet[1]
+    auth = src.forward_proxy.auth
+    assert auth is not None and len(auth.password) >= 24
+    reader, writer = await asyncio.open_connection("127.0.0.1", src.forward_proxy.port)
+    target = f"{dst.node_id}.node:{dst.port}"
+    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 407 ")
+
+
+async def test_calls_that_bypass_the_reverse_proxy_are_unauthenticated(
+    fleet: list[LegacyAgent],
+) -> None:
+    src, dst = fleet[0], fleet[1]
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{dst.grpc_server.port}")
+    try:
+        make_stub: Any = agent_service_pb2_grpc.AgentServiceStub
+        stub = make_stub(channel)
+        signed = sign_notification(new_notification(src.node_id, "general", b"x"), src.identity)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.NotificationsSend(signed_notification_to_proto(signed))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "not identified" in (info.value.details() or "")
+    finally:
+        await channel.close(None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -22,7 +24,7 @@ TERMINAL_REQUEST = {RequestState.CLOSED, RequestState.RESET}
 TERMINAL_RESPONSE = {ResponseState.CLOSED, ResponseState.RESET}
 
 
-def _reachable(table: dict, starts: set) -> set:  # type: ignore[type-arg]
+def _reachable(table: Mapping[tuple[Any, CallInput], Any], starts: set[Any]) -> set[Any]:
     seen = set(starts)
     frontier = list(starts)
     while frontier:
@@ -38,15 +40,13 @@ def test_every_state_is_reachable_and_terminals_are_final() -> None:
     assert _reachable(REQUEST_TABLE, {RequestState.IDLE}) == set(RequestState)
     starts = {ResponseState.NOT_STARTED, *RESPONSE_INITIAL.values()}
     assert _reachable(RESPONSE_TABLE, starts) == set(ResponseState)
-    for src, _ in REQUEST_TABLE:
-        assert src not in TERMINAL_REQUEST
-    for src, _ in RESPONSE_TABLE:
-        assert src not in TERMINAL_RESPONSE
+    for request_src, _ in REQUEST_TABLE:
+        assert request_src not in TERMINAL_REQUEST
+    for response_src, _ in RESPONSE_TABLE:
+        assert response_src not in TERMINAL_RESPONSE
 
 
-@pytest.mark.parametrize(
-    ("state", "event"), list(itertools.product(RequestState, CallInput))
-)
+@pytest.mark.parametrize(("state", "event"), list(itertools.product(RequestState, CallInput)))
 def test_request_table_cell(state: RequestState, event: CallInput) -> None:
     """Every cell of the request table: the server (receiving) and the client (sending)."""
     expected = REQUEST_TABLE.get((state, event))
@@ -63,9 +63,7 @@ def test_request_table_cell(state: RequestState, event: CallInput) -> None:
             assert machine.request is expected
 
 
-@pytest.mark.parametrize(
-    ("state", "event"), list(itertools.product(ResponseState, CallInput))
-)
+@pytest.mark.parametrize(("state", "event"), list(itertools.product(ResponseState, CallInput)))
 def test_response_table_cell(state: ResponseState, event: CallInput) -> None:
     expected = RESPONSE_TABLE.get((state, event))
     for role, error in ((Role.CLIENT, RemoteProtocolError), (Role.SERVER, LocalProtocolError)):
@@ -107,7 +105,7 @@ def test_unary_happy_path_both_roles() -> None:
     with pytest.raises(RemoteProtocolError):
         client.receive(CallInput.MESSAGE)  # nothing after the trailer but EOF
     client.receive(CallInput.EOF)
-    assert client.response is ResponseState.CLOSED
+    assert client.response.value == ResponseState.CLOSED.value
 
 
 def test_single_request_kinds_reject_a_second_message() -> None:

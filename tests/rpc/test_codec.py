@@ -89,7 +89,7 @@ def decode_in_pieces(data: bytes, cuts: list[int], **limits: Any) -> list[Event]
     decoder = FrameDecoder(**limits)
     events: list[Event] = []
     last = 0
-    for cut in sorted({min(c, len(data)) for c in cuts}) + [len(data)]:
+    for cut in [*sorted({min(c, len(data)) for c in cuts}), len(data)]:
         events.extend(decoder.feed(data[last:cut]))
         last = cut
     decoder.feed_eof()
@@ -108,9 +108,9 @@ def normalize(events: list[Event]) -> list[Any]:
     return out
 
 
-request_streams = st.tuples(
-    request_headers, st.lists(messages, max_size=5), st.booleans()
-).map(lambda t: [t[0], *t[1], *([RequestEnded()] if t[2] else [])])
+request_streams = st.tuples(request_headers, st.lists(messages, max_size=5), st.booleans()).map(
+    lambda t: [t[0], *t[1], *([RequestEnded()] if t[2] else [])]
+)
 response_streams = st.tuples(
     st.none() | response_headers, st.lists(messages, max_size=5), trailers
 ).map(lambda t: [*([t[0]] if t[0] is not None else []), *t[1], t[2]])
@@ -253,9 +253,7 @@ def test_truncated_stream_at_eof() -> None:
 
 def test_raw_switch_after_headers() -> None:
     data = (
-        encode_preface()
-        + encode_request_header("/raw", CallKind.RAW, [])
-        + b"\xff\x00 raw bytes"
+        encode_preface() + encode_request_header("/raw", CallKind.RAW, []) + b"\xff\x00 raw bytes"
     )
     decoder = FrameDecoder(raw_after_request_header=True)
     events = decoder.feed(data[:10]) + decoder.feed(data[10:])

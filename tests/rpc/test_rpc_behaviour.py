@@ -11,6 +11,7 @@ import pytest
 from quic_rpc.rpc import (
     CallDetails,
     CallKind,
+    DuplexCall,
     JSONSerializer,
     Metadata,
     Middleware,
@@ -18,11 +19,15 @@ from quic_rpc.rpc import (
     PageRequest,
     Proceed,
     RawStream,
+    ResetCode,
     RPCClientConfig,
     RPCError,
+    RPCServer,
     RPCServerConfig,
     ServerCallContext,
+    ServerStreamingCall,
     Status,
+    UnaryCall,
     client_streaming,
     duplex,
     iterate_pages,
@@ -31,6 +36,7 @@ from quic_rpc.rpc import (
     server_streaming,
     unary,
 )
+from quic_rpc.streams import StreamResetError
 
 from .conftest import RPCTransport
 
@@ -172,9 +178,7 @@ async def test_raw_unknown_method(rpc_transport: RPCTransport) -> None:
 
 async def test_many_concurrent_calls_on_one_connection(rpc_transport: RPCTransport) -> None:
     _, client = await rpc_transport.serve(BASIC)
-    results = await asyncio.gather(
-        *(client.unary("/t.S/Echo", str(i).encode()) for i in range(50))
-    )
+    results = await asyncio.gather(*(client.unary("/t.S/Echo", str(i).encode()) for i in range(50)))
     assert results == [str(i).encode() for i in range(50)]
 
 
@@ -195,10 +199,13 @@ async def test_metadata_both_directions(rpc_transport: RPCTransport) -> None:
         yield b"1"
         ctx.add_trailing_metadata("t-bin", b"\x01")
 
-    _, client = await rpc_transport.serve(
-        {"/m": unary(handler), "/s": server_streaming(streamer)}
-    )
-    md = [("user", "alice"), ("user", "bob"), ("key-bin", b"\x00\x01\xfe"), ("empty", "")]
+    _, client = await rpc_transport.serve({"/m": unary(handler), "/s": server_streaming(streamer)})
+    md: list[tuple[str, str | bytes]] = [
+        ("user", "alice"),
+        ("user", "bob"),
+        ("key-bin", b"\x00\x01\xfe"),
+        ("empty", ""),
+    ]
     call = client.unary("/m", b"r", metadata=md)
     assert await call == b"r"
     assert list(seen[0]) == md
@@ -238,7 +245,7 @@ DETAILS = [
     "",
     "plain",
     "  leading and trailing whitespace \t\r\n ",
-    "ünïcödé – ✓ 中文 😀 \U0001f680 \U0010fffd",
+    "ünïcödé - ✓ 中文 😀 \U0001f680 \U0010fffd",
     "\x00control\x7f",
 ]
 
@@ -373,9 +380,7 @@ async def test_server_side_handler_timeout(rpc_transport: RPCTransport) -> None:
         finally:
             cancelled.set()
 
-    _, client = await rpc_transport.serve(
-        {"/sleep": server_streaming(sleeper, timeout=0.2)}
-    )
+    _, client = await rpc_transport.serve({"/sleep": server_streaming(sleeper, timeout=0.2)})
     call = client.server_streaming("/sleep", b"")
     assert await call.read() == b"first"
     with pytest.raises(RPCError) as info:
@@ -577,9 +582,7 @@ async def test_pagination_returns_every_item_once(rpc_transport: RPCTransport) -
         page = await paginate(items, PageRequest.from_dict(request))
         return page.to_dict()
 
-    _, client = await rpc_transport.serve(
-        {"/list": unary(list_items, request=json, response=json)}
-    )
+    _, client = await rpc_transport.serve({"/list": unary(list_items, request=json, response=json)})
 
     async def fetch(page_request: PageRequest) -> Page[int]:
         raw_page = await client.unary(
@@ -679,3 +682,82 @@ async def test_middleware_both_sides(rpc_transport: RPCTransport) -> None:
         await bad_client.unary("/who", b"")
     assert info.value.status is Status.UNAUTHENTICATED
     assert server_mw.done[-1] == ("/who", Status.UNAUTHENTICATED)
+
+
+# ------------------------------------------------------- helpers and hostile peers
+
+
+async def test_method_callable_and_client_context(rpc_transport: RPCTransport) -> None:
+    _, client = await rpc_transport.serve(BASIC)
+    echo_method = client.method("/t.S/Echo", CallKind.UNARY, bytes, bytes.decode)
+    call = echo_method(b"abc", timeout=30)
+    assert isinstance(call, UnaryCall)
+    assert await call == "abc"
+    assert call.context.deadline is not None
+    remaining = call.time_remaining()
+    assert remaining is not None and remaining <= 30
+    assert call.context.peer_info is not None
+    counter = client.method("/t.S/Count", CallKind.SERVER_STREAMING)
+    scall = counter(b"3")
+    assert isinstance(scall, ServerStreamingCall)
+    assert [m async for m in scall] == [b"0", b"1", b"2"]
+    shout_method = client.method("/t.S/Shout", CallKind.DUPLEX)
+    dcall = shout_method([b"q"])
+    assert isinstance(dcall, DuplexCall)
+    assert [m async for m in dcall] == [b"Q"]
+
+
+async def test_client_side_cancellation_signal(rpc_transport: RPCTransport) -> None:
+    async def sleeper(request: bytes, ctx: ServerCallContext) -> bytes:
+        await asyncio.sleep(3600)
+        return b""
+
+    _, client = await rpc_transport.serve({"/sleep": unary(sleeper)})
+    call = client.unary("/sleep", b"", timeout=0.1)
+    fired: list[BaseException | None] = []
+    call.context.cancelled.add_done_callback(lambda signal: fired.append(signal.cause))
+    with pytest.raises(RPCError):
+        await call
+    assert call.context.cancelled.is_set()
+    assert isinstance(fired[0], RPCError) and fired[0].status is Status.DEADLINE_EXCEEDED
+
+
+async def test_raw_call_deadline(rpc_transport: RPCTransport) -> None:
+    handler_cancelled = asyncio.Event()
+
+    async def silent(stream: RawStream, ctx: ServerCallContext) -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            handler_cancelled.set()
+
+    _, client = await rpc_transport.serve({"/silent": raw(silent)})
+    async with client.raw("/silent", timeout=0.2) as call:
+        with pytest.raises(RPCError) as info:
+            await call.receive()
+    assert info.value.status is Status.DEADLINE_EXCEEDED
+    await asyncio.wait_for(handler_cancelled.wait(), WAIT)
+
+
+async def test_garbage_stream_is_reset_with_protocol_error(rpc_transport: RPCTransport) -> None:
+    server = RPCServer(BASIC)
+    opener = await rpc_transport.attach(server.handle_stream)
+    stream = await opener.open_stream()
+    await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(StreamResetError) as info:
+        while await stream.receive():
+            pass
+    assert info.value.code == ResetCode.PROTOCOL_ERROR
+    await stream.aclose()
+    await server.stop(0)
+
+
+async def test_silent_stream_hits_header_timeout(rpc_transport: RPCTransport) -> None:
+    server = RPCServer(BASIC, config=RPCServerConfig(header_timeout=0.1))
+    opener = await rpc_transport.attach(server.handle_stream)
+    stream = await opener.open_stream()
+    with pytest.raises(StreamResetError) as info:
+        await asyncio.wait_for(stream.receive(), WAIT)
+    assert info.value.code == ResetCode.PROTOCOL_ERROR
+    await stream.aclose()
+    await server.stop(0)

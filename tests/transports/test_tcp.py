@@ -459,3 +459,45 @@ async def test_config_validation() -> None:
         TCPConfig(max_write_buffer=10)
     with pytest.raises(ValueError):
         await connect_tcp("127.0.0.1", 1, server_hostname="localhost")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_many_streams_through_tiny_windows(server_factory: ServerFactory, tls: bool) -> None:
+    """Flow-control credit keeps flowing when the windows are far smaller than the data."""
+    tiny = TCPConfig(
+        mux=MuxConfig(
+            initial_stream_window=16 * 1024,
+            initial_connection_window=64 * 1024,
+            max_frame_size=4096,
+            max_concurrent_streams=8,
+        )
+    )
+    pki = make_pki()
+    server = await server_factory(echo, ssl=pki.server_context if tls else None, config=tiny)
+    connection = await connect_tcp(
+        "127.0.0.1",
+        server.port,
+        ssl=pki.client_context if tls else None,
+        server_hostname="localhost" if tls else None,
+        config=tiny,
+    )
+
+    async def one(i: int) -> None:
+        payload = os.urandom(256 * 1024)
+        stream = await connection.open_stream()
+
+        async def write() -> None:
+            for offset in range(0, len(payload), 10_000):
+                await stream.send(payload[offset : offset + 10_000])
+            await stream.send_eof()
+
+        writer = asyncio.create_task(write())
+        echoed = await read_all(stream)
+        await writer
+        await stream.aclose()
+        assert echoed == payload, f"stream {i}"
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(16)))  # twice the stream limit
+    finally:
+        await connection.aclose()
