@@ -18,7 +18,15 @@ Semantics every transport must honour (checked by the stream conformance suite):
 * ``reset(code)`` abandons our sending side with an application error code;
   ``stop_sending(code)`` asks the peer to abandon theirs; ``abort(code)`` does both.
 * Every pending and later operation raises :class:`ConnectionLostError` once the
-  connection under the stream is gone (idle timeout, peer closed, local stop).
+  connection under the stream is gone (idle timeout, peer closed, local stop) — except
+  that bytes and the end of stream which arrived before the loss are still delivered.
+* After our own ``stop_sending``, ``abort`` or ``aclose``, ``receive()`` raises
+  :class:`StreamClosedError` (unless the end of stream was already returned).
+* ``reset`` after ``send_eof`` does nothing; a second ``send_eof`` is harmless.
+* ``reset``, ``stop_sending``, ``abort`` and ``aclose`` never raise once the connection
+  is lost.
+
+``quic_rpc.testing.stream_conformance`` checks all of this for any transport.
 """
 
 from __future__ import annotations

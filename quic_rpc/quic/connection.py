@@ -223,7 +223,7 @@ class QUICConnection:
         self._check_usable()
         if not self._config.datagrams:
             raise DatagramError("datagrams are not enabled (QUICConfig.datagrams)")
-        limit = self._engine._remote_max_datagram_frame_size
+        limit = self._engine.peer_max_datagram_frame_size
         if limit is None:
             raise DatagramError("the peer does not accept datagrams")
         if len(data) > min(limit, self._config.max_datagram_size - 64):

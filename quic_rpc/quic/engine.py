@@ -276,6 +276,12 @@ class EngineConnection(QuicConnection):
             for c in candidates
         )
 
+    @property
+    def peer_max_datagram_frame_size(self) -> int | None:
+        """The largest DATAGRAM frame the peer accepts, ``None`` if it accepts none."""
+        size = self._remote_max_datagram_frame_size
+        return int(size) if size is not None else None
+
     def host_cids(self) -> list[bytes]:
         return [c.cid for c in self._host_cids]
 

@@ -375,7 +375,12 @@ class QUICSocket:
             dcid = data[1 : 1 + cid_len]
         conn = self._routes.get(dcid)
         if conn is not None:
-            conn._datagram_received(data, peer, now)
+            try:
+                conn._datagram_received(data, peer, now)
+            except Exception:
+                _log.exception("%r: %r failed on a datagram; aborting it", self, conn)
+                conn.abort("internal error")
+                return
             self._dirty[conn] = None
             return
         if not first & 0x40:
@@ -405,7 +410,11 @@ class QUICSocket:
             and len(data) >= _MIN_INITIAL_SIZE
             and len(header.destination_cid) >= 8
         ):
-            conn = server._accept_initial(header, data, peer, now)
+            try:
+                conn = server._accept_initial(header, data, peer, now)
+            except Exception:
+                _log.exception("%r: accepting a connection from %s failed", self, peer)
+                return
             if conn is not None:
                 self._dirty[conn] = None
             return

@@ -330,3 +330,35 @@ async def test_restarted_peer_stateless_reset_ends_connection(
         await asyncio.wait_for(stream.receive(), 10)
     assert "stateless reset" in info.value.reason
     assert restarted.connections == []
+
+
+async def test_idle_connection_wakes_only_for_keepalive(
+    make_socket: SocketFactory, server_creds, client_creds, monkeypatch
+) -> None:
+    wakeups = 0
+    original = QUICConnection._on_timer
+
+    def counting(self: QUICConnection) -> None:
+        nonlocal wakeups
+        wakeups += 1
+        original(self)
+
+    monkeypatch.setattr(QUICConnection, "_on_timer", counting)
+    config = QUICConfig(idle_timeout=5.0, keepalive_interval=0.25)
+    ssock = await make_socket()
+    server = QUICServer(ssock, server_creds, config, echo_handler)
+    await server.start()
+    csock = await make_socket()
+    conn = await connect(csock, *ssock.local_address, client_creds, config)
+    await wait_for_condition(lambda: bool(server.connections))
+    sconn = server.connections[0]
+    await asyncio.sleep(0.3)
+    wakeups = 0
+    sent_before = conn.datagrams_sent + sconn.datagrams_sent
+    await asyncio.sleep(1.5)
+    pings = conn.datagrams_sent + sconn.datagrams_sent - sent_before
+    assert pings >= 1
+    # each keepalive costs a few timer wake-ups (PING, delayed ACK); nothing spins
+    assert wakeups <= 4 * pings + 4
+    await conn.aclose()
+    await server.stop()

@@ -281,7 +281,9 @@ async def run_client(args: argparse.Namespace) -> int:
                 "stats": dict(conn.stats()),
             }
         )
-        await conn.aclose(2.0)
+        # graceful close: waits until the server acknowledged everything we sent
+        await conn.aclose(args.close_grace)
+        emit({"event": "closed"})
         return 0
     except Exception as exc:
         emit(
@@ -318,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--bind-port", type=int, default=0)
             sp.add_argument("--progress-every", type=int, default=512 * 1024)
             sp.add_argument("--pause-at", type=int, default=None)
+            sp.add_argument("--close-grace", type=float, default=300.0)
     args = p.parse_args(argv)
     runner = run_server if args.role == "server" else run_client
     return asyncio.run(runner(args))
