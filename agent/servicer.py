@@ -352,7 +352,8 @@ class AgentServicer(_ServicerBase):
                 if caller.remote_port == 0 or not caller.remote_host:
                     raise InvalidInputError("the caller's address is unknown") from exc
                 raise
-            if self._hole_punch_relay is None:
+            relay = self._hole_punch_relay
+            if relay is None:
                 await context.abort(
                     StatusCode.UNIMPLEMENTED, "this node does not relay hole punches"
                 )
@@ -360,7 +361,7 @@ class AgentServicer(_ServicerBase):
                 raise NotFoundError(f"node {target} is not known to this node")
         requester = RequesterAddress(node_id=caller.remote_node_id, address=address)
         try:
-            await self._hole_punch_relay(target, requester)
+            await relay(target, requester)
         except HolePunchRelayError as exc:
             await context.abort(StatusCode.UNAVAILABLE, f"cannot reach node {target}: {exc}")
         except LookupError:

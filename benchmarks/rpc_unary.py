@@ -37,7 +37,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "rpc.json"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "rpc.json"
 STACKS = ("quic_rpc-quic", "quic_rpc-tls", "grpc-aio")
 ECHO = "/bench.Bench/Echo"
 STREAM = "/bench.Bench/Stream"
@@ -314,7 +315,6 @@ async def _measure(stack: str, certs: Path, port: int, calls: int, messages: int
 
 
 async def _run_stack(stack: str, certs: Path, calls: int, messages: int) -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -323,7 +323,7 @@ async def _run_stack(stack: str, certs: Path, calls: int, messages: int) -> dict
         stack,
         "--certs",
         str(certs),
-        cwd=root,
+        cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
     )
     try:

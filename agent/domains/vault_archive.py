@@ -40,6 +40,7 @@ ARCHIVE_MAGIC: Final = b"QSVAULT\x01"
 DEFAULT_CHUNK_SIZE: Final = 64 * 1024
 MAX_PATH_BYTES: Final = 1024
 _MAX_COMPONENT_BYTES: Final = 255
+_FORBIDDEN_CHARS: Final = frozenset('\\:<>"|?*')  # '/' separates; these break on Windows
 _FILE_TAG: Final = b"F"
 _END_TAG: Final = b"E"
 
@@ -47,8 +48,9 @@ _END_TAG: Final = b"E"
 def check_vault_path(path: str) -> str:
     """Validate a vault-relative file path (``a/b.txt``); returns it unchanged.
 
-    Rejects empty paths and components, ``.``/``..``, absolute paths, backslashes, control
-    characters, over-long paths: a path can never leave the vault directory.
+    Rejects empty paths and components, ``.``/``..``, absolute paths, control characters,
+    characters some platforms cannot store (``\\ : < > " | ? *``) and over-long paths: a
+    path can never leave the vault directory.
     """
     if not isinstance(path, str):
         raise InvalidInputError(f"vault path must be a str, not {type(path).__name__}")
@@ -57,8 +59,12 @@ def check_vault_path(path: str) -> str:
         raise InvalidInputError(f"vault path must be non-empty printable text: {path!r}")
     if len(encoded) > MAX_PATH_BYTES:
         raise InvalidInputError(f"vault path longer than {MAX_PATH_BYTES} bytes")
-    if "\\" in path or ":" in path:
-        raise InvalidInputError(f"vault path must use '/' only and no ':': {path!r}")
+    bad = set(path) & _FORBIDDEN_CHARS
+    if bad:
+        raise InvalidInputError(
+            f"vault path has characters not portable to every agent platform "
+            f"({''.join(sorted(bad))!r}): {path!r}"
+        )
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise InvalidInputError(f"vault path has an empty, '.' or '..' component: {path!r}")

@@ -131,7 +131,12 @@ def _check_node(node_id: object) -> NodeId:
 
 
 class VaultStore:
-    """Persistent vaults of one agent."""
+    """Persistent vaults of one agent.
+
+    Use one VaultStore per agent state: opening one recovers from a crash by clearing
+    unfinished imports and unreferenced generations, which would disturb another
+    instance's work in progress.
+    """
 
     def __init__(
         self,

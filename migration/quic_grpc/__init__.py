@@ -19,7 +19,7 @@ Differences from grpcio, by design:
 
 from __future__ import annotations
 
-from . import aio, descriptor
+from . import aio, descriptor, testing
 from ._channel import Channel, channel_ready_future
 from ._compat import (
     GRPC_AVAILABLE,
@@ -124,6 +124,7 @@ __all__ = [
     "ssl_server_credentials",
     "stream_stream_rpc_method_handler",
     "stream_unary_rpc_method_handler",
+    "testing",
     "to_status_code",
     "unary_stream_rpc_method_handler",
     "unary_unary_rpc_method_handler",

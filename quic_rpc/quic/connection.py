@@ -158,7 +158,13 @@ class QUICConnection:
         return self._engine.peer_chain_der
 
     @property
+    def local_chain(self) -> tuple[bytes, ...]:
+        """Our own certificate chain as DER, leaf first, as presented to the peer."""
+        return self._engine.local_chain_der
+
+    @property
     def alpn(self) -> str | None:
+        """The negotiated application protocol."""
         return self._engine.alpn
 
     @property

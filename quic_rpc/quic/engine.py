@@ -206,6 +206,7 @@ class EngineConnection(QuicConnection):
         )
         self.peer_identity: Any = None
         self.peer_chain_der: tuple[bytes, ...] = ()
+        self.local_chain_der = credentials.chain_der
         self.peer_verified = False
         self.rejected_peer_reason: str | None = None
         self.packets_lost = 0

@@ -32,6 +32,8 @@ class Role(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
 
+    __hash__ = object.__hash__  # members are singletons: identity hash is exact and fast
+
 
 class CallInput(enum.Enum):
     SINGLE_HEADER = "single-request header"  # REQUEST_HEADER, kind UNARY/SERVER_STREAMING
@@ -45,6 +47,8 @@ class CallInput(enum.Enum):
     EOF = "end of stream"
     RESET = "reset"
 
+    __hash__ = object.__hash__  # members are singletons: identity hash is exact and fast
+
 
 class RequestState(enum.Enum):
     IDLE = "idle"
@@ -55,6 +59,8 @@ class RequestState(enum.Enum):
     RAW = "raw"
     CLOSED = "closed"
     RESET = "reset"
+
+    __hash__ = object.__hash__  # members are singletons: identity hash is exact and fast
 
 
 class ResponseState(enum.Enum):
@@ -69,6 +75,8 @@ class ResponseState(enum.Enum):
     TRAILED = "trailer sent"
     CLOSED = "closed"
     RESET = "reset"
+
+    __hash__ = object.__hash__  # members are singletons: identity hash is exact and fast
 
 
 _I = CallInput

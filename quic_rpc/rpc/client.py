@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar, overload
 from ..streams import (
     ByteStream,
     ConnectionLostError,
+    PeerInfo,
     StreamError,
     StreamOpener,
     StreamResetError,
@@ -168,6 +169,7 @@ class ClientCall(Generic[Resp]):
         self._final: tuple[Status, str, Metadata, bytes | None] | None = None
         self._final_fut: asyncio.Future[None] | None = None
         self._user_cancelled = False
+        self._terminated_locally = False
         self._start_fut: asyncio.Future[None] | None = None
         self._io_tasks: set[asyncio.Task[Any]] = set()
         self._interrupted: set[asyncio.Task[Any]] = set()
@@ -317,6 +319,8 @@ class ClientCall(Generic[Resp]):
         rich: bytes | None = None,
     ) -> None:
         """End the call locally: record the status, reset the stream, interrupt I/O."""
+        if self._final is None:
+            self._terminated_locally = True
         if not self._set_final(status, details, metadata or Metadata(), rich):
             return
         if self._stream is not None:
@@ -603,8 +607,9 @@ class _StreamingResponse(ClientCall[Resp]):
             self._channel.close()
 
     def _on_final(self) -> None:
-        status = self._final[0] if self._final is not None else Status.OK
-        self._channel.close(drop=status is not Status.OK)
+        # Messages that arrived before the server's trailer are still delivered; a local
+        # cancel or deadline drops what was not read yet.
+        self._channel.close(drop=self._terminated_locally)
 
     def __aiter__(self) -> _StreamingResponse[Resp]:
         return self
@@ -913,14 +918,27 @@ class RawCall(ClientCall[bytes]):
         pass
 
     async def aclose(self) -> None:
-        """Finish the call: half-close and release the stream."""
-        if self._final is None and self._stream is None:
-            self.cancel()
+        """Release the call. Closing before the server's end of data abandons the call
+        (it ends CANCELLED and the stream is reset)."""
+        if self._final is None:
+            self._terminate(Status.CANCELLED, "closed before the call ended", ResetCode.CANCEL)
         await self._close_stream()
 
     @property
-    def peer_info(self) -> Any:
-        return self.context.peer_info
+    def peer_info(self) -> PeerInfo:
+        """The transport's view of the server (a placeholder until the call started)."""
+        return self.context.peer_info or PeerInfo(transport="")
+
+    def reset(self, code: int) -> None:
+        """Abandon our sending side with ``code``; the call ends with its status."""
+        self._terminate(status_for_reset_code(code), f"reset locally ({code:#x})", code)
+
+    def stop_sending(self, code: int) -> None:
+        """Ask the server to stop sending; the call ends with the status of ``code``."""
+        self._terminate(status_for_reset_code(code), f"stopped locally ({code:#x})", code)
+
+    def abort(self, code: int) -> None:
+        self._terminate(status_for_reset_code(code), f"aborted locally ({code:#x})", code)
 
 
 class MethodCallable(Generic[Req, Resp]):

@@ -236,8 +236,12 @@ class FrameDecoder:
             raise self._failed
 
     def _feed(self, data: bytes) -> list[Event]:
-        buf = self._buf
-        buf += data
+        buf: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = bytes(data)  # the common case: parse straight from what arrived
         n = len(buf)
         pos = 0
         events: list[Event] = []
@@ -251,12 +255,19 @@ class FrameDecoder:
             self._need_preface = False
             pos = 1
         max_message = self._max_message
+        unpack = FRAME_HEADER.unpack_from
         while n - pos >= 5:
-            ftype, length = FRAME_HEADER.unpack_from(buf, pos)
+            ftype, length = unpack(buf, pos)
             if ftype == _MESSAGE:
                 if length > max_message:
                     raise MessageTooLargeError(length, max_message)
-            elif ftype == _REQUEST_END:
+                end = pos + 5 + length
+                if end > n:
+                    break
+                events.append(MessageReceived(bytes(buf[pos + 5 : end])))
+                pos = end
+                continue
+            if ftype == _REQUEST_END:
                 if length:
                     raise RemoteProtocolError("REQUEST_END frame with a payload")
             elif ftype in (_REQUEST_HEADER, _RESPONSE_HEADER, _TRAILER):
@@ -269,10 +280,6 @@ class FrameDecoder:
             end = pos + 5 + length
             if end > n:
                 break
-            if ftype == _MESSAGE:
-                events.append(MessageReceived(bytes(buf[pos + 5 : end])))
-                pos = end
-                continue
             payload = bytes(buf[pos + 5 : end])
             pos = end
             if ftype == _REQUEST_END:
@@ -297,8 +304,12 @@ class FrameDecoder:
             if pos < n:
                 events.append(RawDataReceived(bytes(buf[pos:])))
             self._buf = bytearray()
-        elif pos:
-            del buf[:pos]
+        elif pos == n:
+            self._buf = bytearray()
+        elif buf is self._buf:
+            del self._buf[:pos]
+        else:
+            self._buf = bytearray(buf[pos:])
         return events
 
     def _parse_metadata(self, p: bytes, off: int) -> tuple[Metadata, int]:

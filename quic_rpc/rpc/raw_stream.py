@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from ..streams import ByteStream, PeerInfo, StreamResetError
+from ..streams import ByteStream, PeerInfo, StreamError, StreamResetError
 
 __all__ = ["RawStream"]
 
@@ -57,3 +57,20 @@ class RawStream:
     async def send_eof(self) -> None:
         await self._accept()
         await self._stream.send_eof()
+
+    def reset(self, code: int) -> None:
+        """Abandon the response (the caller sees the status ``code`` carries)."""
+        self._stream.reset(code)
+
+    def stop_sending(self, code: int) -> None:
+        self._stream.stop_sending(code)
+
+    def abort(self, code: int) -> None:
+        self._stream.abort(code)
+
+    async def aclose(self) -> None:
+        """Half-close our side; the server releases the stream when the handler returns."""
+        try:
+            await self.send_eof()
+        except StreamError:
+            pass

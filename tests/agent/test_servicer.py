@@ -607,3 +607,29 @@ async def test_streams_stop_when_the_deadline_has_passed(env: Env) -> None:
         m async for m in servicer.VaultsPull(pb.VaultsPullRequest(vault_name="v"), FakeContext(5.0))
     ]
     assert b"".join(m.chunk for m in messages) == env.vaults.archive_bytes("v")
+
+
+def test_servicer_imports_without_grpc() -> None:
+    """The quic-only stage runs the same servicer with grpcio absent."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["grpc"] = None
+        from agent.servicer import AgentServicer
+        from agent.status import FallbackStatusCode, StatusCode
+        assert AgentServicer.__mro__[1] is object, AgentServicer.__mro__
+        assert StatusCode is FallbackStatusCode
+        assert hasattr(AgentServicer, "VaultsPull")
+        print("ok")
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

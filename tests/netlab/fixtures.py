@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -45,14 +45,18 @@ def require_netns() -> None:
 
 
 @pytest.fixture
-def netlab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+async def netlab(request: pytest.FixtureRequest) -> AsyncIterator[Lab]:
+    """An empty Lab; its processes are stopped and its namespaces deleted afterwards."""
     require_netns()
     tag = re.sub(r"[^A-Za-z0-9]", "", request.node.name)[-10:]
     lab = Lab(tag)
     try:
         yield lab
     finally:
-        lab.teardown()
+        try:
+            await lab.stop_processes()
+        finally:
+            lab.teardown()
 
 
 @pytest.fixture

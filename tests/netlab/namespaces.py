@@ -322,6 +322,9 @@ class NetnsProcess:
                     self.proc.kill()
                 await self.proc.wait()
         self._close_files()
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:  # release the pipes now, not in __del__ after the loop closed
+            transport.close()
         rc = self.proc.returncode
         assert rc is not None
         return rc
@@ -595,6 +598,10 @@ class Lab:
         for port in ports:
             ns.ip("link", "set", port, "master", name)
         ns.link_up(name)
+
+    async def stop_processes(self, grace: float = 3.0) -> None:
+        """Stop (SIGTERM, then SIGKILL) every process started in the lab's namespaces."""
+        await asyncio.gather(*(p.stop(grace) for p in self._processes), return_exceptions=True)
 
     def teardown(self) -> None:
         """Kill the lab's processes and delete its namespaces.  Idempotent."""

@@ -69,6 +69,8 @@ async def test_echo_and_protocols(make_socket, server_creds, client_creds) -> No
     assert info.alpn == "quicshift-rpc/1"
     assert info.remote_port == server.socket.local_address[1]
     assert info.remote_chain and info.identity is not None
+    assert conn.local_chain == client_creds.chain_der
+    assert conn.peer_chain == server_creds.chain_der
     stats = conn.stats()
     for key in ("rtt_smoothed", "rtt_min", "rtt_latest", "cwnd", "bytes_sent", "packets_lost"):
         assert key in stats

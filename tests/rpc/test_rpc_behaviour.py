@@ -761,3 +761,58 @@ async def test_silent_stream_hits_header_timeout(rpc_transport: RPCTransport) ->
     assert info.value.code == ResetCode.PROTOCOL_ERROR
     await stream.aclose()
     await server.stop(0)
+
+
+async def test_messages_before_an_error_are_delivered(rpc_transport: RPCTransport) -> None:
+    async def then_fail(request: bytes, ctx: ServerCallContext) -> AsyncIterator[bytes]:
+        for i in range(3):
+            yield str(i).encode()
+        raise RPCError(Status.DATA_LOSS, "gone")
+
+    _, client = await rpc_transport.serve({"/f": server_streaming(then_fail)})
+    got: list[bytes] = []
+    with pytest.raises(RPCError) as info:
+        async for message in client.server_streaming("/f", b""):
+            got.append(message)
+    assert got == [b"0", b"1", b"2"]
+    assert info.value.status is Status.DATA_LOSS
+
+
+async def test_raw_call_and_raw_stream_are_byte_streams(rpc_transport: RPCTransport) -> None:
+    seen: list[bool] = []
+
+    async def check(stream: RawStream, ctx: ServerCallContext) -> None:
+        seen.append(isinstance(stream, ByteStream))
+        await stream.send(await stream.receive())
+        await stream.aclose()
+
+    _, client = await rpc_transport.serve({"/c": raw(check)})
+    call = client.raw("/c")
+    assert isinstance(call, ByteStream)
+    async with call:
+        await call.send(b"ping")
+        assert await call.receive() == b"ping"
+        assert await call.receive() == b""
+    assert seen == [True]
+    assert call.status is Status.OK
+
+
+async def test_cancellation_signal_wait(rpc_transport: RPCTransport) -> None:
+    woke = asyncio.Event()
+
+    async def waits(request: bytes, ctx: ServerCallContext) -> bytes:
+        async def watcher() -> None:
+            await ctx.cancelled.wait()
+            woke.set()
+
+        task = asyncio.create_task(watcher())
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.wait_for(task, WAIT)
+        return b""
+
+    _, client = await rpc_transport.serve({"/w": unary(waits)})
+    with pytest.raises(RPCError):
+        await client.unary("/w", b"", timeout=0.1)
+    await asyncio.wait_for(woke.wait(), WAIT)

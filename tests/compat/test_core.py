@@ -1,0 +1,299 @@
+"""Unit tests of the adapter's grpc-facing core (no network unless stated)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.status import FallbackStatusCode
+from migration import quic_grpc
+from migration.quic_grpc import testing
+from migration.quic_grpc._compat import _StatusCode
+from migration.quic_grpc._quic import parse_address, parse_target
+from quic_rpc.rpc import Status
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ---- status codes ---------------------------------------------------------------------
+
+
+def test_status_code_is_grpcs_when_installed() -> None:
+    assert quic_grpc.StatusCode is grpc.StatusCode
+    assert quic_grpc.GRPC_AVAILABLE
+
+
+def test_fallback_status_code_matches_grpc() -> None:
+    assert [m.name for m in _StatusCode] == [m.name for m in grpc.StatusCode]
+    for member in grpc.StatusCode:
+        assert _StatusCode[member.name].value == member.value
+
+
+def test_status_mapping_both_ways() -> None:
+    for member in grpc.StatusCode:
+        number = quic_grpc.code_number(member)
+        assert number == Status[member.name].value
+        assert quic_grpc.code_from_number(number) is member
+        assert quic_grpc.to_status_code(Status(number)) is member
+        assert quic_grpc.to_status_code(FallbackStatusCode[member.name]) is member
+        assert quic_grpc.to_status_code(number) is member
+    assert quic_grpc.code_from_number(99) is grpc.StatusCode.UNKNOWN
+    with pytest.raises(TypeError):
+        quic_grpc.to_status_code("NOT_FOUND!")
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+def test_errors_are_grpcs() -> None:
+    sync_error = quic_grpc.InactiveRpcError(grpc.StatusCode.NOT_FOUND, "d", (("a", "b"),), ())
+    assert isinstance(sync_error, grpc.RpcError)
+    assert isinstance(sync_error, grpc.Call)
+    assert isinstance(sync_error, grpc.Future)
+    assert sync_error.code() is grpc.StatusCode.NOT_FOUND and sync_error.details() == "d"
+    assert sync_error.initial_metadata() == (("a", "b"),)
+    aio_error = quic_grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, None, None, "x")
+    assert isinstance(aio_error, grpc.aio.AioRpcError)
+    assert isinstance(aio_error, grpc.Call)
+    assert "INTERNAL" in str(aio_error)
+
+
+# ---- metadata -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ([("Upper", "v")], "invalid"),
+        ([("grpc-timeout", "1S")], "reserved"),
+        ([(":path", "/x")], "reserved"),
+        ([("qrpc-x", "v")], "reserved"),
+        ([("content-type", "x")], "reserved"),
+        ([("k", "caf\u00e9")], "printable ASCII"),
+        ([("k", "line\nbreak")], "printable ASCII"),
+        ([("k-bin", 3)], "bytes"),
+        ([("k", 3)], "str"),
+        ([("k",)], "pair"),
+        ([("", "v")], "empty"),
+    ],
+)
+def test_metadata_validation(metadata: Any, message: str) -> None:
+    with pytest.raises(quic_grpc.MetadataError, match=message):
+        quic_grpc._metadata.validate_metadata(metadata)
+
+
+def test_metadata_normalised() -> None:
+    checked = quic_grpc._metadata.validate_metadata(
+        [("a-bin", "text"), ("b", b"ascii"), ("c.d_e-f", "ok")]
+    )
+    assert checked == (("a-bin", b"text"), ("b", "ascii"), ("c.d_e-f", "ok"))
+
+
+# ---- handlers -------------------------------------------------------------------------
+
+
+def test_own_handlers_are_grpc_shaped() -> None:
+    def behaviour(request: Any, context: Any) -> Any:
+        return request
+
+    handler = quic_grpc.unary_stream_rpc_method_handler(behaviour, bytes, bytes)
+    assert isinstance(handler, grpc.RpcMethodHandler)
+    assert (handler.request_streaming, handler.response_streaming) == (False, True)
+    assert handler.unary_stream is behaviour and handler.unary_unary is None
+    generic = quic_grpc.method_handlers_generic_handler("pkg.S", {"M": handler})
+    assert isinstance(generic, grpc.GenericRpcHandler)
+    assert generic.service(quic_grpc.CallDetails("/pkg.S/M", ())) is handler
+    assert generic.service(quic_grpc.CallDetails("/pkg.S/N", ())) is None
+    real = grpc.method_handlers_generic_handler(
+        "pkg.S", {"M": grpc.unary_unary_rpc_method_handler(behaviour)}
+    )
+    server = quic_grpc.aio.server()
+    server.add_generic_rpc_handlers((real, generic))
+    with pytest.raises(AttributeError):
+        server.add_generic_rpc_handlers((object(),))
+
+
+# ---- addresses, targets, credentials ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("localhost:50051", ("localhost", 50051)),
+        ("127.0.0.1:1", ("127.0.0.1", 1)),
+        ("ipv4:127.0.0.1:7", ("127.0.0.1", 7)),
+        ("ipv6:[::1]:8", ("::1", 8)),
+        ("[::1]:9", ("::1", 9)),
+        ("dns:///example.test:10", ("example.test", 10)),
+        ("dns://8.8.8.8/example.test:11", ("example.test", 11)),
+        ("dns:example.test:12", ("example.test", 12)),
+        ("example.test", ("example.test", 443)),
+        ("::1", ("::1", 443)),
+    ],
+)
+def test_parse_target(target: str, expected: tuple[str, int]) -> None:
+    assert parse_target(target) == expected
+
+
+def test_parse_target_rejects() -> None:
+    with pytest.raises(ValueError, match="unix"):
+        parse_target("unix:/tmp/sock")
+    with pytest.raises(ValueError):
+        parse_target("[::1")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("[::]:0", ("::", 0)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("localhost:0", ("127.0.0.1", 0)),
+        ("127.0.0.1:50051", ("127.0.0.1", 50051)),
+        (":5", ("::", 5)),
+    ],
+)
+def test_parse_address(address: str, expected: tuple[str, int]) -> None:
+    assert parse_address(address) == expected
+
+
+def test_insecure_is_a_clear_error() -> None:
+    with pytest.raises(quic_grpc.UsageError, match="TLS"):
+        quic_grpc.insecure_channel("localhost:1")
+    with pytest.raises(quic_grpc.UsageError, match="TLS"):
+        quic_grpc.aio.insecure_channel("localhost:1")
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(quic_grpc.UsageError, match="add_secure_port"):
+            quic_grpc.server(pool).add_insecure_port("[::]:0")
+
+
+def test_credentials_checks() -> None:
+    with pytest.raises(ValueError, match="together"):
+        quic_grpc.ssl_channel_credentials(None, b"key", None)
+    with pytest.raises(ValueError, match="at least one"):
+        quic_grpc.ssl_server_credentials([])
+    with pytest.raises(ValueError, match="require_client_auth"):
+        quic_grpc.ssl_server_credentials([(b"k", b"c")], require_client_auth=True)
+    creds = quic_grpc.ssl_channel_credentials(b"roots")
+    assert isinstance(creds, grpc.ChannelCredentials)
+    assert isinstance(quic_grpc.ssl_server_credentials([(b"k", b"c")]), grpc.ServerCredentials)
+    with pytest.raises(TypeError, match="ssl_channel_credentials"):
+        quic_grpc.aio.secure_channel("localhost:1", grpc.ssl_channel_credentials())
+
+
+def test_public_api_pinned() -> None:
+    expected_sync = {
+        "StatusCode", "RpcError", "Call", "Future", "ServicerContext", "RpcMethodHandler",
+        "HandlerCallDetails", "GenericRpcHandler", "ServerInterceptor", "ClientCallDetails",
+        "UnaryUnaryClientInterceptor", "UnaryStreamClientInterceptor",
+        "StreamUnaryClientInterceptor", "StreamStreamClientInterceptor", "ChannelConnectivity",
+        "FutureTimeoutError", "FutureCancelledError", "server", "secure_channel",
+        "insecure_channel", "intercept_channel", "channel_ready_future",
+        "ssl_channel_credentials", "ssl_server_credentials", "unary_unary_rpc_method_handler",
+        "unary_stream_rpc_method_handler", "stream_unary_rpc_method_handler",
+        "stream_stream_rpc_method_handler", "method_handlers_generic_handler", "aio",
+    }
+    assert expected_sync <= set(quic_grpc.__all__)
+    for name in expected_sync:
+        assert hasattr(grpc, name), name
+    expected_aio = {
+        "server", "secure_channel", "insecure_channel", "AioRpcError", "Metadata", "EOF",
+        "ServerInterceptor", "ClientCallDetails", "UnaryUnaryClientInterceptor",
+        "UnaryStreamClientInterceptor", "StreamUnaryClientInterceptor",
+        "StreamStreamClientInterceptor", "ServicerContext", "Channel", "Server",
+    }
+    assert expected_aio <= set(quic_grpc.aio.__all__)
+    for name in expected_aio:
+        assert hasattr(grpc.aio, name), name
+
+
+# ---- in-memory testing helpers ----------------------------------------------------------
+
+
+def _echo_handlers(g: Any, *, aio: bool) -> Any:
+    if aio:
+
+        async def unary(request: bytes, context: Any) -> bytes:
+            await context.send_initial_metadata((("x-peer", context.peer()),))
+            return request[::-1]
+
+        async def stream(request: bytes, context: Any) -> Any:
+            for byte in request:
+                yield bytes([byte])
+
+    else:
+
+        def unary(request: bytes, context: Any) -> bytes:  # type: ignore[misc]
+            return request[::-1]
+
+        def stream(request: bytes, context: Any) -> Any:  # type: ignore[misc]
+            for byte in request:
+                yield bytes([byte])
+
+    return g.method_handlers_generic_handler(
+        "t.Echo",
+        {
+            "Reverse": g.unary_unary_rpc_method_handler(unary),
+            "Split": g.unary_stream_rpc_method_handler(stream),
+        },
+    )
+
+
+async def test_aio_memory_channel() -> None:
+    server = quic_grpc.aio.server(handlers=[_echo_handlers(quic_grpc, aio=True)])
+    async with testing.aio_memory_channel(server) as channel:
+        call = channel.unary_unary("/t.Echo/Reverse")(b"abc")
+        assert await call == b"cba"
+        assert ("x-peer", "ipv4:127.0.0.1:1") in tuple(await call.initial_metadata())
+        assert [m async for m in channel.unary_stream("/t.Echo/Split")(b"xyz")] == [
+            b"x", b"y", b"z",
+        ]
+        with pytest.raises(quic_grpc.aio.AioRpcError) as info:
+            await channel.unary_unary("/t.Echo/Nope")(b"")
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        # a unary method called as streaming is refused rather than misread
+        with pytest.raises(quic_grpc.aio.AioRpcError) as info:
+            await channel.stream_unary("/t.Echo/Reverse")(iter([b"a"]))
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_sync_memory_channel() -> None:
+    with ThreadPoolExecutor(2) as pool:
+        server = quic_grpc.server(pool, handlers=[_echo_handlers(quic_grpc, aio=False)])
+        with testing.memory_channel(server) as channel:
+            assert channel.unary_unary("/t.Echo/Reverse")(b"abc", timeout=10) == b"cba"
+            assert list(channel.unary_stream("/t.Echo/Split")(b"xy")) == [b"x", b"y"]
+        server.stop(None).wait(5)
+
+
+async def test_aio_server_stop_refuses_new_calls_and_terminates() -> None:
+    server = quic_grpc.aio.server(handlers=[_echo_handlers(quic_grpc, aio=True)])
+    channel = testing.aio_memory_channel(server)
+    assert await channel.unary_unary("/t.Echo/Reverse")(b"ab") == b"ba"
+    waiter = asyncio.ensure_future(server.wait_for_termination())
+    await server.stop(0.5)
+    assert await waiter is False
+    with pytest.raises(quic_grpc.aio.AioRpcError) as info:
+        await channel.unary_unary("/t.Echo/Reverse")(b"ab")
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    await channel.close()
+    assert await server.wait_for_termination(0.01) is False
+
+
+def test_sync_server_wait_for_termination_timeout() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        server = quic_grpc.server(pool)
+        assert server.wait_for_termination(0.01) is True
+        server.stop(None).wait(5)
+        assert server.wait_for_termination(0.01) is False
+
+
+async def test_closed_channel_is_a_usage_error() -> None:
+    server = quic_grpc.aio.server(handlers=[_echo_handlers(quic_grpc, aio=True)])
+    channel = testing.aio_memory_channel(server)
+    await channel.close()
+    with pytest.raises(quic_grpc.UsageError):
+        channel.unary_unary("/t.Echo/Reverse")(b"x")
