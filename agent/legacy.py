@@ -34,6 +34,7 @@ from agent.domains.vaults import VaultStore
 from agent.identity import KeyType, NodeIdentity, node_verifier
 from agent.nodeid import NodeId
 from agent.servicer import AgentServicer, HolePunchRelayError, RequesterAddress
+from agent.wiring import IDENTITY_DIR_NAME, load_identity, open_domains
 from legacy_grpc import (
     AgentGRPCServer,
     ForwardProxy,
@@ -57,7 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AGENT_SERVICE_NAME: Final = "quicshift.agent.v1.AgentService"
-IDENTITY_DIR_NAME: Final = "identity"
 LEGACY_TRANSPORT: Final = "grpc"
 
 
@@ -129,11 +129,12 @@ class LegacyAgent:
     async def _start(self) -> None:
         identity = await asyncio.to_thread(self._load_identity)
         self._identity = identity
-        self._state = state = await asyncio.to_thread(AgentState.open, self._state_dir)
-        self._nodes = NodeGraph(state, identity.node_id)
-        self._claims = ClaimStore(state)
-        self._inbox = NotificationInbox(state)
-        self._vaults = VaultStore(state)
+        domains = await asyncio.to_thread(open_domains, self._state_dir, identity.node_id)
+        self._state = domains.state
+        self._nodes = domains.nodes
+        self._claims = domains.claims
+        self._inbox = domains.notifications
+        self._vaults = domains.vaults
         self._servicer = AgentServicer(
             identity=identity,
             nodes=self._nodes,
@@ -169,15 +170,7 @@ class LegacyAgent:
         await self._forward.start()
 
     def _load_identity(self) -> NodeIdentity:
-        folder = self._state_dir / IDENTITY_DIR_NAME
-        if self._identity_arg is not None:
-            self._identity_arg.save(folder)
-            return self._identity_arg
-        if folder.exists():
-            return NodeIdentity.load(folder)
-        identity = NodeIdentity.generate(self._key_type)
-        identity.save(folder)
-        return identity
+        return load_identity(self._state_dir, self._identity_arg, self._key_type)
 
     async def stop(self) -> None:
         """Stop serving and close everything; idempotent, safe after a failed start."""

@@ -37,7 +37,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-RESULTS = Path(__file__).resolve().parent / "results" / "quic_transport.json"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "quic_transport.json"
 ALPN = "quicshift-bench/1"
 ECHO = b"E"
 SINK = b"S"
@@ -63,9 +64,13 @@ def _make_certs(directory: Path) -> None:
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(name("bench-ca")).issuer_name(name("bench-ca"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name("bench-ca"))
+        .issuer_name(name("bench-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
@@ -73,9 +78,13 @@ def _make_certs(directory: Path) -> None:
     for role in ("server", "client"):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
-            x509.CertificateBuilder().subject_name(name(role)).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(name(role))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.SubjectAlternativeName(
@@ -152,7 +161,7 @@ def _aioquic_configuration(certs: Path, *, is_client: bool) -> Any:
 
 
 async def _serve_aioquic(certs: Path) -> int:
-    from aioquic.asyncio import serve
+    from aioquic.asyncio.server import serve
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         mode = await reader.readexactly(1)
@@ -166,12 +175,17 @@ async def _serve_aioquic(certs: Path) -> int:
             writer.write(struct.pack("!Q", total))
         writer.write_eof()
 
+    tasks: set[asyncio.Task[None]] = set()
+
     def stream_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        asyncio.ensure_future(handle(reader, writer))
+        task = asyncio.ensure_future(handle(reader, writer))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     port = _free_udp_port()
     await serve(
-        "127.0.0.1", port,
+        "127.0.0.1",
+        port,
         configuration=_aioquic_configuration(certs, is_client=False),
         stream_handler=stream_handler,
     )
@@ -231,11 +245,15 @@ Request = Callable[[bytes], Awaitable[bytes]]
 Upload = Callable[[int], Awaitable[int]]
 
 
-async def _client_quicshift(variant: str, certs: Path, port: int) -> tuple[Request, Upload, Callable[[], Awaitable[None]]]:
+async def _client_quicshift(
+    variant: str, certs: Path, port: int
+) -> tuple[Request, Upload, Callable[[], Awaitable[None]]]:
     from quic_rpc.quic import QUICSocket, connect
 
     sock = await QUICSocket.bind("127.0.0.1", 0)
-    conn = await connect(sock, "127.0.0.1", port, _credentials(certs, "client"), _quicshift_config(variant))
+    conn = await connect(
+        sock, "127.0.0.1", port, _credentials(certs, "client"), _quicshift_config(variant)
+    )
 
     async def request(payload: bytes) -> bytes:
         stream = await conn.open_stream()
@@ -268,10 +286,14 @@ async def _client_quicshift(variant: str, certs: Path, port: int) -> tuple[Reque
     return request, upload, close
 
 
-async def _client_aioquic(certs: Path, port: int) -> tuple[Request, Upload, Callable[[], Awaitable[None]]]:
-    from aioquic.asyncio import connect
+async def _client_aioquic(
+    certs: Path, port: int
+) -> tuple[Request, Upload, Callable[[], Awaitable[None]]]:
+    from aioquic.asyncio.client import connect
 
-    manager = connect("127.0.0.1", port, configuration=_aioquic_configuration(certs, is_client=True))
+    manager = connect(
+        "127.0.0.1", port, configuration=_aioquic_configuration(certs, is_client=True)
+    )
     protocol = await manager.__aenter__()
 
     async def request(payload: bytes) -> bytes:
@@ -299,9 +321,13 @@ async def _client_aioquic(certs: Path, port: int) -> tuple[Request, Upload, Call
     return request, upload, close
 
 
-async def _client_tcp_tls(certs: Path, port: int) -> tuple[Request, Upload, Callable[[], Awaitable[None]]]:
+async def _client_tcp_tls(
+    certs: Path, port: int
+) -> tuple[Request, Upload, Callable[[], Awaitable[None]]]:
     context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost"
+    )
     writer.write(ECHO)
 
     async def request(payload: bytes) -> bytes:
@@ -310,7 +336,9 @@ async def _client_tcp_tls(certs: Path, port: int) -> tuple[Request, Upload, Call
         return await reader.readexactly(struct.unpack("!I", header)[0])
 
     async def upload(size: int) -> int:
-        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
         w.write(SINK + struct.pack("!Q", size))
         block = os.urandom(1 << 20)
         left = size
@@ -333,7 +361,9 @@ async def _client_tcp_tls(certs: Path, port: int) -> tuple[Request, Upload, Call
     return request, upload, close
 
 
-async def _measure(variant: str, certs: Path, port: int, requests: int, bulk: int) -> dict[str, Any]:
+async def _measure(
+    variant: str, certs: Path, port: int, requests: int, bulk: int
+) -> dict[str, Any]:
     if variant.startswith("quicshift"):
         request, upload, close = await _client_quicshift(variant, certs, port)
     elif variant == "aioquic":
@@ -367,7 +397,11 @@ async def _measure(variant: str, certs: Path, port: int, requests: int, bulk: in
             "mean": round(statistics.fmean(samples) * 1e6, 1),
             "requests": requests,
         },
-        "bulk": {"bytes": bulk, "seconds": round(elapsed, 3), "mbit_s": round(bulk * 8 / elapsed / 1e6, 1)},
+        "bulk": {
+            "bytes": bulk,
+            "seconds": round(elapsed, 3),
+            "mbit_s": round(bulk * 8 / elapsed / 1e6, 1),
+        },
     }
 
 
@@ -377,10 +411,17 @@ def _percentile(sorted_samples: list[float], pct: float) -> float:
 
 
 async def _run_variant(variant: str, certs: Path, requests: int, bulk: int) -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.quic_transport", "--serve", variant, "--certs", str(certs),
-        cwd=root, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "benchmarks.quic_transport",
+        "--serve",
+        variant,
+        "--certs",
+        str(certs),
+        cwd=root,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -404,7 +445,7 @@ async def _main(quick: bool, variants: list[str]) -> dict[str, Any]:
             print(f"{variant:20s} {json.dumps(results[variant])}", flush=True)
     base = results.get("tcp-tls")
     if base is not None:
-        for variant, result in results.items():
+        for result in results.values():
             result["vs_tcp_tls"] = {
                 "latency_p50": round(result["latency_us"]["p50"] / base["latency_us"]["p50"], 2),
                 "latency_p99": round(result["latency_us"]["p99"] / base["latency_us"]["p99"], 2),
@@ -416,17 +457,23 @@ async def _main(quick: bool, variants: list[str]) -> dict[str, Any]:
         "benchmark": "quic_transport",
         "mode": "quick" if quick else "full",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count(), "gso": gso_supported()},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "gso": gso_supported(),
+        },
         "notes": "server in a separate process, loopback; QUIC latency = new stream per "
-                 "request; TCP+TLS latency = messages on one persistent connection; "
-                 "bulk = single-stream upload",
+        "request; TCP+TLS latency = messages on one persistent connection; "
+        "bulk = single-stream upload",
         "results": results,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests, 16 MiB bulk")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--output", type=Path, default=RESULTS)

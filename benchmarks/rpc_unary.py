@@ -254,8 +254,8 @@ async def _client_grpc(certs: Path, port: int) -> tuple[Unary, Streaming, Close]
 
     credentials = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
     channel = grpc.aio.secure_channel(f"localhost:{port}", credentials)
-    echo = channel.unary_unary(ECHO)
-    stream = channel.unary_stream(STREAM)
+    echo = channel.unary_unary(ECHO, None, None)
+    stream = channel.unary_stream(STREAM, None, None)
 
     async def unary(payload: bytes) -> bytes:
         result: bytes = await echo(payload)
@@ -267,7 +267,10 @@ async def _client_grpc(certs: Path, port: int) -> tuple[Unary, Streaming, Close]
             count += 1
         return count
 
-    return unary, streaming, channel.close
+    async def close() -> None:
+        await channel.close(None)
+
+    return unary, streaming, close
 
 
 def _percentile(samples: list[float], pct: float) -> float:

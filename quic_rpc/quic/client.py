@@ -93,9 +93,7 @@ class QUICClient:
         """Connections made by this client that are not closed yet."""
         return [c for c in self._connections if not c.is_closed]
 
-    async def connect(
-        self, host: str, port: int, server_name: str | None = None
-    ) -> QUICConnection:
+    async def connect(self, host: str, port: int, server_name: str | None = None) -> QUICConnection:
         conn = await connect(
             self._socket,
             host,

@@ -245,6 +245,8 @@ class QUICConnection:
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
         """Close now with an application ``error_code``: open streams fail at once."""
+        if isinstance(error_code, bool) or not 0 <= error_code < (1 << 62):
+            raise ValueError(f"error codes are integers in [0, 2**62), got {error_code!r}")
         if self._lost is not None:
             return
         self._local_close = True
@@ -343,6 +345,8 @@ class QUICConnection:
             raise ConnectionLostError(self._lost.reason, error_code=self._lost.error_code)
 
     def _process_events(self) -> None:
+        if self._finalized:
+            return
         engine = self._engine
         while (event := engine.next_event()) is not None:
             if isinstance(event, events.StreamDataReceived):
@@ -463,9 +467,7 @@ class QUICConnection:
         if callback is not None:
             callback(self)
 
-    def _error_from_close(
-        self, event: events.ConnectionTerminated | None
-    ) -> ConnectionLostError:
+    def _error_from_close(self, event: events.ConnectionTerminated | None) -> ConnectionLostError:
         if event is None:
             return ConnectionLostError("connection closed")
         code = event.error_code
@@ -500,7 +502,9 @@ class QUICConnection:
                 error_code=code,
             )
         if code == _CONNECTION_REFUSED and not self._local_close:
-            return ConnectionLimitError(f"the server refused the connection: {lost.reason}", error_code=code)
+            return ConnectionLimitError(
+                f"the server refused the connection: {lost.reason}", error_code=code
+            )
         return HandshakeError(f"handshake failed: {lost.reason}", error_code=code)
 
     def _mark_lost(self, error: ConnectionLostError) -> None:

@@ -218,8 +218,10 @@ class EngineConnection(QuicConnection):
         self._consumed: dict[int, int] = {}
 
         # We only use bidirectional streams; the peer may have max_streams open at once.
-        for limit, value in ((self._local_max_streams_bidi, config.max_streams),
-                             (self._local_max_streams_uni, 0)):
+        for limit, value in (
+            (self._local_max_streams_bidi, config.max_streams),
+            (self._local_max_streams_uni, 0),
+        ):
             limit.value = value
             limit.sent = value
         if not is_client:
@@ -230,9 +232,11 @@ class EngineConnection(QuicConnection):
         count_lost = self._loss._on_packets_lost
 
         def on_packets_lost(**kwargs: Any) -> None:
-            packets = kwargs.get("packets", ())
-            if kwargs.get("congestion_event", True):
-                self.packets_lost += len(list(packets)) if not isinstance(packets, list) else len(packets)
+            packets = kwargs.get("packets")
+            if packets is not None and not isinstance(packets, list | tuple):
+                packets = kwargs["packets"] = list(packets)
+            if packets is not None and kwargs.get("congestion_event", True):
+                self.packets_lost += len(packets)
             count_lost(**kwargs)
 
         setattr(self._loss, "_on_packets_lost", on_packets_lost)  # noqa: B010
@@ -329,11 +333,16 @@ class EngineConnection(QuicConnection):
         self.unread_total -= size
         stream = self._streams.get(stream_id)
         if stream is not None and stream.max_stream_data_local:
-            if consumed + self._stream_window - stream.max_stream_data_local >= self._stream_window // 2:
+            if (
+                consumed + self._stream_window - stream.max_stream_data_local
+                >= self._stream_window // 2
+            ):
                 return True
         limit = self._local_max_data
-        return (limit.used - self.unread_total + self._connection_window - limit.value
-                >= self._connection_window // 2)
+        return (
+            limit.used - self.unread_total + self._connection_window - limit.value
+            >= self._connection_window // 2
+        )
 
     def forget_stream(self, stream_id: int) -> None:
         self._consumed.pop(stream_id, None)
@@ -358,9 +367,7 @@ class EngineConnection(QuicConnection):
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
 
-    def _write_connection_limits(
-        self, builder: QuicPacketBuilder, space: QuicPacketSpace
-    ) -> None:
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
         target = max_data.used - self.unread_total + self._connection_window
         if target - max_data.value >= self._connection_window // 2:
@@ -432,4 +439,3 @@ class EngineConnection(QuicConnection):
 
 def _never_paced(now: float) -> None:
     return None
-

@@ -145,7 +145,10 @@ class QUICServer:
             self.refused += 1
             _log.warning(
                 "%r: refusing a connection from %s:%d (max_connections=%d reached)",
-                self, display_host(peer[0]), peer[1], self._config.max_connections,
+                self,
+                display_host(peer[0]),
+                peer[1],
+                self._config.max_connections,
             )
             self._refuse(header, data, peer, now)
             return None
@@ -171,7 +174,9 @@ class QUICServer:
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,
         )
-        conn = QUICConnection(self._socket, engine, self._config, stream_handler=self._stream_handler)
+        conn = QUICConnection(
+            self._socket, engine, self._config, stream_handler=self._stream_handler
+        )
         conn._on_established = self._connection_established
         conn._on_finalized = self._connection_finalized
         conn._on_handshake_failed = self._handshake_failed

@@ -4,7 +4,9 @@ Datagrams are routed to connections by destination connection id (every connecti
 the socket uses :data:`~quic_rpc.quic.engine.CONNECTION_ID_LENGTH`). Reading drains the
 socket (many datagrams per wake-up) and each touched connection is flushed once per
 event-loop turn, so sends go out in bursts. On Linux, bursts to one address leave in a
-single ``sendmsg`` with UDP segmentation offload (GSO) when the kernel supports it.
+single ``sendmsg`` with UDP segmentation offload (GSO), and reads take coalesced datagrams
+(GRO), when the kernel supports them; elsewhere, or with ``gso=False``, one datagram per
+system call. ``io="transport"`` uses a portable asyncio datagram endpoint instead.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _log = logging.getLogger(__name__)
 
 _SOL_UDP = 17
 _UDP_SEGMENT = 103
+_UDP_GRO = 104
 _MAX_GSO_SEGMENTS = 64
 _MAX_GSO_BYTES = 65000
 _RECV_BATCH = 256
@@ -109,6 +112,7 @@ class QUICSocket:
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._family = _socket.AF_INET
+        self._dual_stack = False
         self._local: Address = ("", 0)
         self._routes: dict[bytes, QUICConnection] = {}
         self._connections: set[QUICConnection] = set()
@@ -118,12 +122,15 @@ class QUICSocket:
         self._send_queue: deque[tuple[bytes, Address]] = deque()
         self._writer_registered = False
         self._gso = False
+        self._gro = False
         self._reset_tokens = float(_RESET_RATE)
         self._reset_refill = 0.0
         self._closed = False
         self.on_unrouted: Callable[[bytes, Address], None] | None = None
         """Called with datagrams that belong to no connection (e.g. hole-punch packets)."""
         self.datagrams_dropped = 0
+        self.gro_batches = 0
+        """Reads that returned several coalesced datagrams (GRO)."""
 
     def __repr__(self) -> str:
         return f"<QUICSocket {self._local[0]}:{self._local[1]}>"
@@ -161,6 +168,7 @@ class QUICSocket:
             if family == _socket.AF_INET6:
                 dual = ipaddress.ip_address(sockaddr[0]) == ipaddress.IPv6Address("::")
                 sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0 if dual else 1)
+                self._dual_stack = dual
             for opt in (_socket.SO_RCVBUF, _socket.SO_SNDBUF):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(_socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
@@ -189,6 +197,12 @@ class QUICSocket:
             self._transport = transport
         else:
             self._gso = self._want_gso and gso_supported()
+            if self._gso:
+                try:
+                    sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+                    self._gro = True
+                except OSError:
+                    self._gro = False
         self._io = mode
 
     async def close(self) -> None:
@@ -244,7 +258,13 @@ class QUICSocket:
 
     @property
     def gso_enabled(self) -> bool:
+        """Sends use UDP segmentation offload (Linux)."""
         return self._gso
+
+    @property
+    def gro_enabled(self) -> bool:
+        """Reads use UDP generic receive offload (Linux): coalesced datagrams are split."""
+        return self._gro
 
     @property
     def connections(self) -> list[QUICConnection]:
@@ -272,6 +292,11 @@ class QUICSocket:
         scope = "%" + host.split("%", 1)[1] if "%" in host else ""
         if self._family == _socket.AF_INET6:
             if ip.version == 4:
+                if not self._dual_stack:
+                    raise OSError(
+                        f"cannot reach IPv4 address {host} from IPv6-only socket {self}; "
+                        "bind to '::' for dual stack"
+                    )
                 text = "::ffff:" + str(ip)
             else:
                 text = _socket.inet_ntop(_socket.AF_INET6, ip.packed) + scope
@@ -348,17 +373,38 @@ class QUICSocket:
         if sock is None:
             return
         now = self._loop.time()
+        gro = self._gro
         for _ in range(_RECV_BATCH):
             try:
-                data, addr = sock.recvfrom(65536)
+                if gro:
+                    data, ancdata, _flags, addr = sock.recvmsg(65536, _GRO_CMSG_SPACE)
+                else:
+                    data, addr = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                 _log.debug("recvfrom on %r: %s", self, exc)
                 continue
+            if gro and ancdata:
+                segment = _gro_segment_size(ancdata)
+                if 0 < segment < len(data):
+                    self.gro_batches += 1
+                    for offset in range(0, len(data), segment):
+                        self._dispatch(data[offset : offset + segment], addr, now)
+                    continue
             self._dispatch(data, addr, now)
         if self._dirty:
-            self._flush()
+            # Deliver events now, transmit on the next loop turn: the tasks woken here
+            # (stream readers, new handlers) run first, so their replies leave in the
+            # same burst as our ACKs instead of costing a second packet-building pass.
+            for conn in list(self._dirty):
+                try:
+                    conn._process_events()
+                except Exception:
+                    _log.exception("%r: processing events of %r failed; aborting it", self, conn)
+                    conn.abort("internal error")
+            if self._flush_handle is None and not self._closed:
+                self._flush_handle = self._loop.call_soon(self._flush)
 
     def _dispatch(self, data: bytes, addr: tuple[Any, ...], now: float) -> None:
         peer: Address = (addr[0], addr[1])
@@ -566,8 +612,17 @@ class QUICSocket:
         self._writer_registered = False
 
 
+_GRO_CMSG_SPACE = _socket.CMSG_SPACE(4) if hasattr(_socket, "CMSG_SPACE") else 0
+
+
+def _gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, payload in ancdata:
+        if level == _SOL_UDP and kind == _UDP_GRO and len(payload) >= 4:
+            return int.from_bytes(payload[:4], sys.byteorder)
+    return 0
+
+
 def _display(host: str) -> str:
     if host.startswith("::ffff:") and "." in host:
         return host[7:]
     return host
-

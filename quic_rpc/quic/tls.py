@@ -22,7 +22,10 @@ from .errors import CredentialsError, VerificationError
 __all__ = ["PrivateKey", "TLSCredentials", "VerifyCallback", "ca_verifier"]
 
 PrivateKey = (
-    ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | ec.EllipticCurvePrivateKey
+    | rsa.RSAPrivateKey
 )
 VerifyCallback = Callable[[Sequence[bytes]], Any]
 """``verify(chain_der_leaf_first) -> identity``; raise to reject the peer."""
@@ -126,7 +129,11 @@ def ca_verifier(
     address. Ed25519, ECDSA and RSA chains are supported. Returns the leaf certificate;
     raises :class:`~quic_rpc.quic.VerificationError` otherwise.
     """
-    data = root_certificates_pem.encode() if isinstance(root_certificates_pem, str) else root_certificates_pem
+    data = (
+        root_certificates_pem.encode()
+        if isinstance(root_certificates_pem, str)
+        else root_certificates_pem
+    )
     try:
         roots = x509.load_pem_x509_certificates(data)
     except ValueError as exc:

@@ -1204,6 +1204,33 @@ class RPCClient:
             response_deserializer=None,
         )
 
+    @overload
+    def method(
+        self,
+        name: str,
+        kind: CallKind,
+        request_serializer: None = None,
+        response_deserializer: None = None,
+    ) -> MethodCallable[Any, bytes]: ...
+
+    @overload
+    def method(
+        self,
+        name: str,
+        kind: CallKind,
+        request_serializer: Callable[[Req], bytes],
+        response_deserializer: None = None,
+    ) -> MethodCallable[Req, bytes]: ...
+
+    @overload
+    def method(
+        self,
+        name: str,
+        kind: CallKind,
+        request_serializer: Callable[[Req], bytes] | None,
+        response_deserializer: Callable[[bytes], Resp],
+    ) -> MethodCallable[Req, Resp]: ...
+
     def method(
         self,
         name: str,

@@ -45,6 +45,9 @@ class RPCServerConfig:
     * ``receive_chunk_size`` (64 KiB): bytes asked of the transport per read.
     * ``shutdown_timeout`` (5 s): how long ``stop()`` waits for cancelled handlers to
       finish before it aborts their streams.
+    * ``close_linger`` (1 s): after the trailer, how long to wait for the client to
+      half-close before the server stops reading (0: stop at once). Saves a STOP_SENDING
+      per call; the call's slot is held meanwhile.
     * ``expose_exception_details`` (False): put ``repr(exc)`` of unexpected handler
       exceptions into the INTERNAL status details (debugging only).
     """
@@ -59,6 +62,7 @@ class RPCServerConfig:
     request_buffer_size: int = 16
     receive_chunk_size: int = 65536
     shutdown_timeout: float = 5.0
+    close_linger: float = 1.0
     expose_exception_details: bool = False
 
     def __post_init__(self) -> None:
@@ -72,6 +76,8 @@ class RPCServerConfig:
         _check_size("request_buffer_size", self.request_buffer_size)
         _check_size("receive_chunk_size", self.receive_chunk_size)
         _check_positive("shutdown_timeout", self.shutdown_timeout)
+        if not isinstance(self.close_linger, int | float) or self.close_linger < 0:
+            raise ValueError(f"close_linger must be >= 0, got {self.close_linger!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from ..streams import (
     StreamResetError,
     StreamStoppedError,
 )
-from .call_state import ResponseState, Role
+from .call_state import RequestState, ResponseState, Role
 from .codec import encode_trailer
 from .config import RPCServerConfig
 from .context import ServerCallContext
@@ -199,27 +199,37 @@ class _RequestIterator:
 
 
 class _ServerCall:
-    """One call on one stream, server side."""
+    """One call on one stream, server side.
+
+    The request header is read and the handler run in the stream's own task (no extra
+    task on the hot path); a reader task watches the rest of the request direction (more
+    messages, the client's reset). :meth:`fail` cancels the call: it fires the context's
+    signal and interrupts the stream's task while it is inside the header read or the
+    handler (``task.cancel()``, undone with ``task.uncancel()`` once caught, the way
+    ``asyncio.timeout`` does it).
+    """
 
     __slots__ = (
+        "_backlog",
         "_cause",
         "_ctx",
         "_details",
         "_finished",
         "_handler",
-        "_handler_task",
-        "_header_fut",
+        "_interrupt_requested",
+        "_interruptible",
         "_loop",
         "_pending_first",
         "_pending_out",
         "_proto",
         "_queue",
-        "_raw_eof_sent",
         "_raw_leftover",
         "_reader",
         "_server",
         "_stream",
+        "_task",
         "_timer",
+        "_torn_write",
     )
 
     def __init__(self, server: RPCServer, stream: ByteStream) -> None:
@@ -233,49 +243,59 @@ class _ServerCall:
             max_metadata_entries=cfg.max_metadata_entries,
         )
         self._loop = asyncio.get_running_loop()
-        self._header_fut: asyncio.Future[RequestHeaderReceived] = self._loop.create_future()
         self._queue: asyncio.Queue[Any] = asyncio.Queue(cfg.request_buffer_size)
+        self._backlog: list[Any] = []
         self._raw_leftover: list[bytes] = []
-        self._raw_eof_sent = False
         self._ctx: ServerCallContext | None = None
         self._details: CallDetails | None = None
         self._handler: Handler[Any, Any] | None = None
-        self._handler_task: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._interruptible = False
+        self._interrupt_requested = False
         self._cause: BaseException | None = None
         self._pending_out = b""
         self._pending_first = False
         self._finished = False
+        self._torn_write = False
+        """A response write was interrupted mid-frame: only a reset can end the stream."""
 
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        loop = self._loop
-        self._reader = loop.create_task(self._read_loop())
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
         header_timeout = self._server.config.header_timeout
         htimer = (
-            loop.call_later(header_timeout, self._on_header_timeout)
+            self._loop.call_later(header_timeout, self._on_header_timeout)
             if header_timeout is not None
             else None
         )
         try:
+            self._interruptible = True
             try:
                 try:
-                    header = await self._header_fut
+                    header = await self._read_header()
                 finally:
                     if htimer is not None:
                         htimer.cancel()
                 await self._serve(header)
-                outcome = self._outcome(self._cause)
             except asyncio.CancelledError:
-                if self._cause is None or _self_cancelled():
+                if not self._end_interruptible() or task.cancelling():
                     raise
                 outcome = self._outcome(self._cause)
             except Exception as exc:
+                self._end_interruptible()
                 outcome = self._outcome(self._cause if self._cause is not None else exc)
+            else:
+                self._end_interruptible()
+                outcome = self._outcome(self._cause)
             await self._finish(outcome)
+            await self._linger()
         except BaseException:
+            self._interruptible = False
             self.abort(ResetCode.CANCEL)
             raise
         finally:
@@ -286,28 +306,47 @@ class _ServerCall:
             except (StreamError, OSError):
                 pass
 
+    def _end_interruptible(self) -> bool:
+        """Leave the interruptible part; True if :meth:`fail` interrupted it."""
+        self._interruptible = False
+        if self._interrupt_requested:
+            self._interrupt_requested = False
+            assert self._task is not None
+            self._task.uncancel()
+            return True
+        return False
+
+    async def _linger(self) -> None:
+        """After the trailer, give the client a moment to half-close its side (it does so
+        as soon as it has read the trailer), so the stream ends without a STOP_SENDING."""
+        reader = self._reader
+        linger = self._server.config.close_linger
+        if (
+            reader is None
+            or reader.done()
+            or not linger
+            or self._server._closing
+            or self._proto.state.request is not RequestState.ENDED
+        ):
+            return
+        await asyncio.wait((reader,), timeout=linger)
+
     def _cleanup(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
         if self._timer is not None:
             self._timer.cancel()
-        task = self._handler_task
-        if task is not None and not task.done():
-            task.cancel()
 
     def fail(self, cause: BaseException) -> None:
         """Cancel the call because of ``cause`` (peer reset, deadline, shutdown, bad input)."""
         if self._finished or self._cause is not None:
             return
         self._cause = cause
-        if not self._header_fut.done():
-            self._header_fut.set_exception(cause)
-            return
         if self._ctx is not None:
             self._ctx.cancelled._fire(cause)
-        task = self._handler_task
-        if task is not None and not task.done():
-            task.cancel()
+        if self._interruptible and not self._interrupt_requested and self._task is not None:
+            self._interrupt_requested = True
+            self._task.cancel()
 
     def abort(self, code: int) -> None:
         """Abort the stream in both directions (last resort)."""
@@ -324,12 +363,44 @@ class _ServerCall:
 
     # ------------------------------------------------------------------ reading
 
+    async def _read_header(self) -> RequestHeaderReceived:
+        """Read until the request header; what came with it is queued for the handler."""
+        stream = self._stream
+        proto = self._proto
+        chunk = self._server.config.receive_chunk_size
+        while True:
+            data = await stream.receive(chunk)
+            if not data:
+                proto.receive_eof()  # raises: no header yet
+                raise RemoteProtocolError("the stream ended before the request header")
+            events = proto.receive_data(data)
+            if events:
+                break
+        header = events[0]
+        if not isinstance(header, RequestHeaderReceived):  # the state machine forbids it
+            raise RemoteProtocolError("the stream does not start with a request header")
+        queue = self._queue
+        for event in events[1:]:
+            if isinstance(event, RawDataReceived):
+                self._raw_leftover.append(event.data)
+                continue
+            item = event.data if isinstance(event, MessageReceived) else _END
+            if self._backlog or queue.full():
+                self._backlog.append(item)
+            else:
+                queue.put_nowait(item)
+        return header
+
     async def _read_loop(self) -> None:
+        """Watch the request direction after the header: messages, end, reset."""
         stream = self._stream
         proto = self._proto
         queue = self._queue
         chunk = self._server.config.receive_chunk_size
         try:
+            backlog, self._backlog = self._backlog, []
+            for item in backlog:
+                await queue.put(item)
             while True:
                 data = await stream.receive(chunk)
                 if not data:
@@ -340,13 +411,6 @@ class _ServerCall:
                         await queue.put(event.data)
                     elif isinstance(event, RequestEnded):
                         await queue.put(_END)
-                    elif isinstance(event, RequestHeaderReceived):
-                        if not self._header_fut.done():
-                            self._header_fut.set_result(event)
-                    elif isinstance(event, RawDataReceived):
-                        self._raw_leftover.append(event.data)
-                if proto.kind is CallKind.RAW:
-                    return  # the raw handler reads the stream itself
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -421,18 +485,13 @@ class _ServerCall:
             if deadline <= now:
                 raise RPCError(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
             self._timer = loop.call_at(deadline, self._on_deadline)
+        if header.kind is not CallKind.RAW:
+            self._reader = loop.create_task(self._read_loop())
         if server._mw.intercepting:
             assert self._details is not None
-            chain = build_chain(server._mw.intercepting, self._proceed)
-            task = loop.create_task(chain(self._details))
+            await build_chain(server._mw.intercepting, self._proceed)(self._details)
         else:
-            task = loop.create_task(self._invoke())
-        self._handler_task = task
-        try:
-            await task
-        except asyncio.CancelledError:
-            if self._cause is None or _self_cancelled():
-                raise
+            await self._invoke()
 
     async def _proceed(self, details: CallDetails) -> None:
         ctx = self._ctx
@@ -510,7 +569,10 @@ class _ServerCall:
             ResponseState.STREAMING,
         ):
             raise LocalProtocolError("cannot write: the response is not streaming or has ended")
-        await self._stream.send(self._encode_response(message))
+        data = self._encode_response(message)
+        self._torn_write = True
+        await self._stream.send(data)
+        self._torn_write = False
 
     async def send_initial_metadata(self, metadata: Metadata) -> None:
         if self._finished or self._proto.state.response not in _ACCEPTING:
@@ -577,6 +639,10 @@ class _ServerCall:
         proto = self._proto
         if outcome.reset_code is not None:
             self.abort(outcome.reset_code)
+            return
+        if self._torn_write:
+            # part of a message frame went out: a trailer would be read as its payload
+            self.abort(reset_code_for_status(outcome.status))
             return
         state = proto.state.response
         try:

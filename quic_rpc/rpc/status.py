@@ -39,8 +39,10 @@ class ResetCode(enum.IntEnum):
 
     NO_ERROR = 0x0
     PROTOCOL_ERROR = 0x1
-    INTERNAL_ERROR = 0x2
-    REFUSED_STREAM = 0x3
+    """Also what the transports use when a stream handler failed."""
+    REFUSED_STREAM = 0x2
+    """Also what the transports use for a stream no one will serve (e.g. while stopping)."""
+    INTERNAL_ERROR = 0x3
     CANCEL = 0x4
     DEADLINE_EXCEEDED = 0x5
     SHUTDOWN = 0x6

@@ -225,6 +225,11 @@ class LinkEmulator:
         return self.listen_address
 
     @property
+    def started_at(self) -> float:
+        """Event-loop time of ``start()``; scheduled blackhole windows count from here."""
+        return self._t0
+
+    @property
     def listen_address(self) -> Addr:
         assert self._listen is not None, "not started"
         a = self._listen.get_extra_info("sockname")

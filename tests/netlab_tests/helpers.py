@@ -15,6 +15,7 @@ class Collector(asyncio.DatagramProtocol):
     def __init__(self, echo: bool = False) -> None:
         self.echo = echo
         self.received: list[tuple[bytes, Addr]] = []
+        self.arrival: list[float] = []  # loop.time() of each datagram in ``received``
         self.transport: asyncio.DatagramTransport | None = None
         self._event = asyncio.Event()
 
@@ -24,6 +25,7 @@ class Collector(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.received.append((data, (addr[0], addr[1])))
+        self.arrival.append(asyncio.get_running_loop().time())
         self._event.set()
         if self.echo and self.transport is not None:
             self.transport.sendto(data, addr)

@@ -61,9 +61,15 @@ def make_cert(
     if ca:
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -122,12 +128,12 @@ class PKI:
         kind: KeyKind | None = None,
     ) -> tuple[Key, tuple[x509.Certificate, ...]]:
         key = make_key(kind or self.kind)
-        cert = make_cert(
-            key, cn, self.key, self.cert, not_before=not_before, not_after=not_after
-        )
+        cert = make_cert(key, cn, self.key, self.cert, not_before=not_before, not_after=not_after)
         return key, (cert,)
 
-    def rotated(self, cn: str = "node", rotations: int = 2) -> tuple[Key, tuple[x509.Certificate, ...]]:
+    def rotated(
+        self, cn: str = "node", rotations: int = 2
+    ) -> tuple[Key, tuple[x509.Certificate, ...]]:
         """A chain [newest, ..., first] where each key's certificate is signed by the
         previous key and the first by the root: key rotation without a new identity."""
         issuer_key, issuer_cert = self.key, self.cert

@@ -41,7 +41,8 @@ async def test_node_ids_verified_both_ways(make_socket: SocketFactory, key_type:
     server = await _serve(make_socket, server_node)
     csock = await make_socket()
     conn = await connect(
-        csock, *server.socket.local_address,
+        csock,
+        *server.socket.local_address,
         _credentials(client_node, node_verifier(server_node.node_id)),
     )
     assert conn.peer_identity == server_node.node_id
@@ -60,7 +61,8 @@ async def test_rotated_node_keeps_its_id(make_socket: SocketFactory) -> None:
     server = await _serve(make_socket, server_node)
     csock = await make_socket()
     conn = await connect(
-        csock, *server.socket.local_address,
+        csock,
+        *server.socket.local_address,
         _credentials(client_node, node_verifier(server_node.node_id)),
     )
     assert conn.peer_identity == server_node.node_id
@@ -76,7 +78,8 @@ async def test_client_rejects_unexpected_server_node(make_socket: SocketFactory)
     csock = await make_socket()
     with pytest.raises(PeerCertificateRejectedError, match="NodeIdMismatchError"):
         await connect(
-            csock, *server.socket.local_address,
+            csock,
+            *server.socket.local_address,
             _credentials(NodeIdentity.generate(), node_verifier(expected)),
         )
     await wait_for_condition(lambda: bool(server.handshake_failures))
@@ -102,7 +105,8 @@ async def test_server_rejects_bad_node_chains(
     bad = make_identity()  # type: ignore[operator]
     with pytest.raises(CertificateRejectedByPeerError, match=error_name):
         await connect(
-            csock, *server.socket.local_address,
+            csock,
+            *server.socket.local_address,
             _credentials(bad, node_verifier(server_node.node_id)),
         )
     await wait_for_condition(lambda: bool(server.handshake_failures))

@@ -26,14 +26,36 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 def test_public_api_is_pinned() -> None:
-    assert sorted(quic.__all__) == sorted([
-        "DEFAULT_ALPN", "REFUSED_STREAM_CODE", "CertificateRejectedByPeerError", "ConfigError",
-        "ConnectionLimitError", "CredentialsError", "DatagramError", "HandshakeError",
-        "HandshakeFailure", "HandshakeTimeoutError", "PeerCertificateRejectedError",
-        "PeerVerificationError", "QUICClient", "QUICConfig", "QUICConnection", "QUICError",
-        "QUICServer", "QUICSocket", "QUICStream", "SocketClosedError", "TLSCredentials",
-        "VerificationError", "VerifyCallback", "ca_verifier", "connect", "gso_supported",
-    ])
+    assert sorted(quic.__all__) == sorted(
+        [
+            "DEFAULT_ALPN",
+            "REFUSED_STREAM_CODE",
+            "CertificateRejectedByPeerError",
+            "ConfigError",
+            "ConnectionLimitError",
+            "CredentialsError",
+            "DatagramError",
+            "HandshakeError",
+            "HandshakeFailure",
+            "HandshakeTimeoutError",
+            "PeerCertificateRejectedError",
+            "PeerVerificationError",
+            "QUICClient",
+            "QUICConfig",
+            "QUICConnection",
+            "QUICError",
+            "QUICServer",
+            "QUICSocket",
+            "QUICStream",
+            "SocketClosedError",
+            "TLSCredentials",
+            "VerificationError",
+            "VerifyCallback",
+            "ca_verifier",
+            "connect",
+            "gso_supported",
+        ]
+    )
     for name in quic.__all__:
         assert getattr(quic, name) is not None
 
@@ -119,7 +141,9 @@ def test_credentials_loading_and_checks(pki: PKI) -> None:
     with pytest.raises(CredentialsError):
         TLSCredentials.load(b"not a key", pem(*chain), verify)
     with pytest.raises(CredentialsError):
-        TLSCredentials.load(key, b"-----BEGIN CERTIFICATE-----\nxx\n-----END CERTIFICATE-----\n", verify)
+        TLSCredentials.load(
+            key, b"-----BEGIN CERTIFICATE-----\nxx\n-----END CERTIFICATE-----\n", verify
+        )
     with pytest.raises(CredentialsError):
         TLSCredentials(key, chain, "not callable")  # type: ignore[arg-type]
     weak = ec.generate_private_key(ec.SECP256K1())
@@ -138,7 +162,9 @@ def test_ca_verifier_unit(pki: PKI) -> None:
         verify([])
     with pytest.raises(VerificationError, match="cannot be parsed"):
         verify([b"junk"])
-    _, old = pki.leaf("old", not_before=NOW - dt.timedelta(days=9), not_after=NOW - dt.timedelta(days=2))
+    _, old = pki.leaf(
+        "old", not_before=NOW - dt.timedelta(days=9), not_after=NOW - dt.timedelta(days=2)
+    )
     with pytest.raises(VerificationError, match="expired"):
         verify([old[0].public_bytes(Encoding.DER)])
     with pytest.raises(CredentialsError):

@@ -51,7 +51,9 @@ async def _attempt(
     return error, server
 
 
-def _assert_server_rejected_client(error: BaseException | None, server: QUICServer, text: str) -> None:
+def _assert_server_rejected_client(
+    error: BaseException | None, server: QUICServer, text: str
+) -> None:
     """The server's verifier rejected the client: typed errors on both ends."""
     assert isinstance(error, CertificateRejectedByPeerError), error
     assert error.error_code == 0x12A
@@ -63,7 +65,9 @@ def _assert_server_rejected_client(error: BaseException | None, server: QUICServ
     assert text in str(failure)
 
 
-def _assert_client_rejected_server(error: BaseException | None, server: QUICServer, text: str) -> None:
+def _assert_client_rejected_server(
+    error: BaseException | None, server: QUICServer, text: str
+) -> None:
     assert isinstance(error, PeerCertificateRejectedError), error
     assert error.error_code == 0x12A
     assert text in str(error)
@@ -147,7 +151,10 @@ async def test_untrusted_server_root(make_socket, pki) -> None:
 async def test_expired_client_certificate(make_socket, pki) -> None:
     verify = ca_verifier(pki.root_pem)
     expired = pki.credentials(
-        verify, "client", not_before=NOW - dt.timedelta(days=10), not_after=NOW - dt.timedelta(days=1)
+        verify,
+        "client",
+        not_before=NOW - dt.timedelta(days=10),
+        not_after=NOW - dt.timedelta(days=1),
     )
     error, server = await _attempt(make_socket, pki.credentials(verify, "server"), expired)
     _assert_server_rejected_client(error, server, "has expired")
@@ -156,7 +163,10 @@ async def test_expired_client_certificate(make_socket, pki) -> None:
 async def test_not_yet_valid_server_certificate(make_socket, pki) -> None:
     verify = ca_verifier(pki.root_pem)
     future = pki.credentials(
-        verify, "server", not_before=NOW + dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=10)
+        verify,
+        "server",
+        not_before=NOW + dt.timedelta(days=1),
+        not_after=NOW + dt.timedelta(days=10),
     )
     error, server = await _attempt(make_socket, future, pki.credentials(verify, "client"))
     _assert_client_rejected_server(error, server, "not valid yet")
@@ -183,7 +193,9 @@ async def test_broken_chain_missing_intermediate(make_socket, pki) -> None:
     leaf = make_cert(leaf_key, "client", inter_key, inter)
     # with the intermediate the chain verifies ...
     error, _ = await _attempt(
-        make_socket, pki.credentials(verify, "server"), TLSCredentials(leaf_key, (leaf, inter), verify)
+        make_socket,
+        pki.credentials(verify, "server"),
+        TLSCredentials(leaf_key, (leaf, inter), verify),
     )
     assert error is None
     # ... without it, or with an unrelated certificate in its place, it does not

@@ -35,10 +35,12 @@ async def test_many_connections_both_ways_through_shared_sockets(
     a = await make_socket()
     b = await make_socket()
     incoming: dict[str, list[QUICConnection]] = {"a": [], "b": []}
-    server_a = QUICServer(a, server_creds, QUICConfig(), echo_handler,
-                          on_connection=incoming["a"].append)
-    server_b = QUICServer(b, server_creds, QUICConfig(), echo_handler,
-                          on_connection=incoming["b"].append)
+    server_a = QUICServer(
+        a, server_creds, QUICConfig(), echo_handler, on_connection=incoming["a"].append
+    )
+    server_b = QUICServer(
+        b, server_creds, QUICConfig(), echo_handler, on_connection=incoming["b"].append
+    )
     await server_a.start()
     await server_b.start()
     count = 12
@@ -73,9 +75,14 @@ async def test_killed_peer_detected_by_idle_timeout(
     (tmp_path / "key.pem").write_bytes(key_pem(key))
     (tmp_path / "chain.pem").write_bytes(pem(*chain))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.quic.peer_process",
-        str(tmp_path / "root.pem"), str(tmp_path / "key.pem"), str(tmp_path / "chain.pem"),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tests.quic.peer_process",
+        str(tmp_path / "root.pem"),
+        str(tmp_path / "key.pem"),
+        str(tmp_path / "chain.pem"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -140,7 +147,9 @@ class _Relay(asyncio.DatagramProtocol):
                 transport.close()
 
 
-async def test_nat_rebinding_mid_transfer(make_socket: SocketFactory, server_creds, client_creds) -> None:
+async def test_nat_rebinding_mid_transfer(
+    make_socket: SocketFactory, server_creds, client_creds
+) -> None:
     result: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
 
     async def handler(stream: ByteStream) -> None:
@@ -207,7 +216,11 @@ async def test_garbage_datagrams_do_not_disturb_live_connections(
     stream = await conn.open_stream()
     rogue = await make_socket()
     garbage = [
-        b"", b"\x00", b"\xff" * 5, os.urandom(40), os.urandom(1500),
+        b"",
+        b"\x00",
+        b"\xff" * 5,
+        os.urandom(40),
+        os.urandom(1500),
         b"\xc0" + os.urandom(1300),  # long header with junk
         b"\xc0\x00\x00\x00\x01\x08" + os.urandom(1300),  # v1 "Initial" of junk
         b"\x40" + known_cid + os.urandom(100),  # short header for a live cid, bad crypto
@@ -242,7 +255,9 @@ async def test_unrouted_datagrams_reach_callback(make_socket: SocketFactory) -> 
     assert data == b"\x41custom"
 
 
-async def test_retry_address_validation(make_socket: SocketFactory, server_creds, client_creds) -> None:
+async def test_retry_address_validation(
+    make_socket: SocketFactory, server_creds, client_creds
+) -> None:
     config = QUICConfig(retry=True)
     ssock = await make_socket()
     server = QUICServer(ssock, server_creds, config, echo_handler)
@@ -254,7 +269,9 @@ async def test_retry_address_validation(make_socket: SocketFactory, server_creds
     await server.stop()
 
 
-async def test_max_connections_refuses_more(make_socket: SocketFactory, server_creds, client_creds) -> None:
+async def test_max_connections_refuses_more(
+    make_socket: SocketFactory, server_creds, client_creds
+) -> None:
     ssock = await make_socket()
     server = QUICServer(ssock, server_creds, QUICConfig(max_connections=2), echo_handler)
     await server.start()
@@ -289,7 +306,9 @@ async def test_keepalive_keeps_idle_connection_open(
     await server.stop()
 
 
-async def test_socket_close_aborts_connections(make_socket: SocketFactory, server_creds, client_creds) -> None:
+async def test_socket_close_aborts_connections(
+    make_socket: SocketFactory, server_creds, client_creds
+) -> None:
     ssock = await make_socket()
     server = QUICServer(ssock, server_creds, QUICConfig(), echo_handler)
     await server.start()
@@ -362,3 +381,24 @@ async def test_idle_connection_wakes_only_for_keepalive(
     assert wakeups <= 4 * pings + 4
     await conn.aclose()
     await server.stop()
+
+
+async def test_gro_coalesced_datagrams_are_split(make_socket: SocketFactory) -> None:
+    import socket as pysocket
+
+    receiver = await make_socket()
+    if not receiver.gro_enabled:
+        pytest.skip("no UDP GSO/GRO on this platform")
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    receiver.on_unrouted = lambda data, addr: got.put_nowait(data)
+    segments = [b"\x00" + bytes([i]) * 99 for i in range(3)] + [b"\x00tail"]
+    with pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM) as sender:
+        sender.sendmsg(
+            [b"".join(segments)],
+            [(17, 103, (100).to_bytes(2, sys.byteorder))],  # SOL_UDP, UDP_SEGMENT
+            0,
+            receiver.local_address,
+        )
+        received = [await asyncio.wait_for(got.get(), 5) for _ in segments]
+    assert received == segments
+    assert receiver.gro_batches == 1

@@ -216,8 +216,9 @@ async def test_backpressure_paused_reader_blocks_writer(
         await resume.wait()
         done.set_result(await hash_reader(stream))
 
-    config = QUICConfig(stream_window=256 * 1024, connection_window=1 * MiB,
-                        stream_send_buffer=256 * 1024)
+    config = QUICConfig(
+        stream_window=256 * 1024, connection_window=1 * MiB, stream_send_buffer=256 * 1024
+    )
     server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
     stream = await conn.open_stream()
     accepted = 0
@@ -431,7 +432,7 @@ async def test_portable_io_and_no_gso_paths(make_socket, server_creds, client_cr
     for kwargs in ({"io": "transport"}, {"io": "selector", "gso": False}):
         server, conn = await _pair(make_socket, server_creds, client_creds, **kwargs)
         assert server.socket.io_mode == kwargs["io"]
-        assert not server.socket.gso_enabled
+        assert not server.socket.gso_enabled and not server.socket.gro_enabled
         payload = os.urandom(2 * MiB)
         assert await request(conn, payload) == payload
         await conn.aclose()
@@ -459,6 +460,8 @@ async def test_ipv6_and_dual_stack(make_socket, server_creds, client_creds) -> N
     dual = await make_socket("::")
     conn_dual = await connect(dual, "127.0.0.1", port, client_creds)
     assert await request(conn_dual, b"dual") == b"dual"
+    with pytest.raises(OSError, match="IPv6-only"):
+        await connect(v6, "127.0.0.1", port, client_creds)
     for conn in (conn6, conn4, conn_dual):
         await conn.aclose()
     await server.stop()

@@ -21,8 +21,8 @@ Client::
 
   connects (mutual TLS against the CA), opens one stream, sends ``N`` seeded bytes + EOF
   while reading everything the server sends; prints ``connected``, ``progress`` events,
-  and ``done`` with sizes, sha256 digests and connection stats.  With ``--pause-at`` it
-  stops sending after that many bytes, prints ``paused`` and waits for
+  and ``done`` with sizes, sha256 digests and connection stats.  With ``--pause-at`` (may
+  be repeated) it stops sending after that many bytes, prints ``paused`` and waits for
   ``{"cmd": "continue"}`` on stdin (receiving goes on meanwhile).  Errors are reported as
   ``{"event": "error", "error": ...}`` with exit status 1.
 """
@@ -238,7 +238,7 @@ async def run_client(args: argparse.Namespace) -> int:
         received = 0
         sent = 0
         next_report = args.progress_every
-        paused = False
+        pause_points = sorted(args.pause_at)
 
         def report() -> None:
             nonlocal next_report
@@ -247,11 +247,11 @@ async def run_client(args: argparse.Namespace) -> int:
                 emit({"event": "progress", "sent": sent, "received": received})
 
         async def on_send(off: int) -> None:
-            nonlocal sent, paused
+            nonlocal sent
             sent = off
             report()
-            if args.pause_at is not None and not paused and off >= args.pause_at:
-                paused = True
+            if pause_points and off >= pause_points[0]:
+                del pause_points[0]
                 emit({"event": "paused", "sent": off, "received": received})
                 await commands.wait_for("continue")
                 emit({"event": "resumed", "sent": off, "received": received})
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--bind-host", default="0.0.0.0")
             sp.add_argument("--bind-port", type=int, default=0)
             sp.add_argument("--progress-every", type=int, default=512 * 1024)
-            sp.add_argument("--pause-at", type=int, default=None)
+            sp.add_argument("--pause-at", type=int, action="append", default=[])
             sp.add_argument("--close-grace", type=float, default=300.0)
     args = p.parse_args(argv)
     runner = run_server if args.role == "server" else run_client

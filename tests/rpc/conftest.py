@@ -1,19 +1,21 @@
 """Fixtures for the RPC tests: one behaviour suite, parametrized over transports.
 
-To run the suite over another transport, register a factory: an async context manager
+``rpc_transport`` runs each test over every registered transport: "memory"
+(quic_rpc.transports.memory), "tcp" and "tls" (quic_rpc.transports.tcp) and "quic"
+(quic_rpc.quic, mutual TLS). To add one, register a factory: an async context manager
 that takes the server's StreamHandler, serves it, and yields a client StreamOpener
-connected to it. Call ``pytest.skip`` inside the factory when the transport is not
-available here. Example::
+connected to it; call ``pytest.skip`` inside it when the transport is unavailable::
 
-    @register_transport("tcp")
+    @register_transport("websocket")
     @contextlib.asynccontextmanager
-    async def _tcp(handler):
-        server = await start_tcp_server(handler, "127.0.0.1", 0)
-        conn = await connect_tcp(*server.address)
+    async def _websocket(handler):
+        server = await start_ws_server(handler)
+        conn = await connect_ws(server.url)
         try:
             yield conn
         finally:
-            await conn.aclose(); await server.aclose()
+            await conn.aclose()
+            await server.stop()
 """
 
 from __future__ import annotations
@@ -60,6 +62,96 @@ async def _memory_transport(handler: StreamHandler) -> AsyncIterator[StreamOpene
         yield conn
     finally:
         await conn.aclose()
+
+
+@register_transport("tcp")
+@contextlib.asynccontextmanager
+async def _tcp_transport(handler: StreamHandler) -> AsyncIterator[StreamOpener]:
+    try:
+        from quic_rpc.transports.tcp import TCPServer, connect_tcp
+    except ImportError as exc:  # pragma: no cover - depends on the tree
+        pytest.skip(f"TCP transport unavailable: {exc}")
+    server = TCPServer()
+    await server.start("127.0.0.1", 0, handler)
+    conn = await connect_tcp("127.0.0.1", server.port)
+    try:
+        yield conn
+    finally:
+        await conn.aclose()
+        await server.stop()
+
+
+_QUIC_PKI: list[Any] = []
+
+
+def _test_pki() -> Any:
+    from tests.quic.certs import PKI
+
+    if not _QUIC_PKI:
+        _QUIC_PKI.append(PKI("p256"))
+    return _QUIC_PKI[0]
+
+
+@register_transport("tls")
+@contextlib.asynccontextmanager
+async def _tls_transport(handler: StreamHandler) -> AsyncIterator[StreamOpener]:
+    import ssl
+    import tempfile
+    from pathlib import Path
+
+    try:
+        from quic_rpc.transports.tcp import TCPServer, connect_tcp
+        from tests.quic.certs import key_pem, pem
+    except ImportError as exc:  # pragma: no cover - depends on the tree
+        pytest.skip(f"TLS transport unavailable: {exc}")
+    pki = _test_pki()
+    key, chain = pki.leaf("server")
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert_file.write_bytes(pem(*chain))
+        key_file.write_bytes(key_pem(key))
+        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_context.load_cert_chain(cert_file, key_file)
+    client_context = ssl.create_default_context(cadata=pki.root_pem.decode())
+    server = TCPServer()
+    await server.start("127.0.0.1", 0, handler, ssl=server_context)
+    conn = await connect_tcp(
+        "127.0.0.1", server.port, ssl=client_context, server_hostname="localhost"
+    )
+    try:
+        yield conn
+    finally:
+        await conn.aclose()
+        await server.stop()
+
+
+@register_transport("quic")
+@contextlib.asynccontextmanager
+async def _quic_transport(handler: StreamHandler) -> AsyncIterator[StreamOpener]:
+    try:
+        from quic_rpc.quic import QUICServer, QUICSocket, ca_verifier, connect
+    except ImportError as exc:  # pragma: no cover - depends on the tree
+        pytest.skip(f"QUIC transport unavailable: {exc}")
+    pki = _test_pki()
+    server_socket = await QUICSocket.bind("127.0.0.1", 0)
+    server = QUICServer(
+        server_socket, pki.credentials(ca_verifier(pki.root_pem), "server"), None, handler
+    )
+    await server.start()
+    client_socket = await QUICSocket.bind("127.0.0.1", 0)
+    conn = await connect(
+        client_socket,
+        "127.0.0.1",
+        server_socket.local_address[1],
+        pki.credentials(ca_verifier(pki.root_pem), "client"),
+    )
+    try:
+        yield conn
+    finally:
+        await conn.aclose()
+        await client_socket.close()
+        await server.stop(0)
+        await server_socket.close()
 
 
 class RPCTransport:

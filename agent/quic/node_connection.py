@@ -1,0 +1,360 @@
+"""NodeConnection on the QUIC stack: an RPC client over one verified QUIC connection.
+
+The public surface mirrors :class:`legacy_grpc.NodeConnection` — ``connect(...)``,
+``node_id``, ``host``, ``port``, ``stub`` (alias ``client``), ``health``, ``closed``,
+``await close()`` — so code holding a connection does not care which stack made it.
+``stub`` is the ``AgentService`` stub bound from the protobuf descriptor onto an
+:class:`~quic_rpc.rpc.RPCClient`: same method names and call shapes as the generated
+stub, with :class:`~quic_rpc.rpc.RPCError` for failed calls.
+
+The remote node id is proven during the handshake: the peer's certificate chain goes
+through :func:`agent.identity.node_verifier` with the node id we asked for. A different
+node answering fails the dial with :class:`NodeIdMismatchError`; nothing stays open.
+
+A connection also works in the other direction: one the peer dialled (server side of
+the QUIC connection) is wrapped the same way with :meth:`NodeConnection.incoming`, and
+its stub calls the peer back over that same QUIC connection.
+
+No ``grpc`` import anywhere on this path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Final, Literal
+
+from agent.identity import NodeIdMismatchError as _IdentityMismatch
+from agent.identity import NodeVerificationError, node_verifier
+from agent.identity.verification import ChainElement
+from agent.nodeid import NodeId
+from migration.quic_grpc.descriptor import stub_class
+from migration.quic_grpc.health import health_stub
+from protos.agent.v1 import agent_service_pb2
+from quic_rpc.quic import (
+    CertificateRejectedByPeerError,
+    ConnectionLimitError,
+    HandshakeError,
+    HandshakeTimeoutError,
+    PeerCertificateRejectedError,
+    QUICConfig,
+    QUICConnection,
+    QUICSocket,
+    TLSCredentials,
+    connect,
+)
+from quic_rpc.rpc import RPCClient, RPCClientConfig
+from quic_rpc.streams import ByteStream, StreamHandler
+
+__all__ = [
+    "AGENT_SERVICE",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "AgentServiceStub",
+    "ConnectRefusedError",
+    "ConnectTimeoutError",
+    "ConnectionFailedError",
+    "Direction",
+    "NodeConnection",
+    "NodeConnectionError",
+    "NodeIdMismatchError",
+    "PeerRejectedUsError",
+    "PeerVerificationError",
+]
+
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+AGENT_SERVICE: Final = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
+AgentServiceStub: Final[type] = stub_class(AGENT_SERVICE)
+"""``AgentServiceStub(rpc_client)``: the AgentService stub bound from its descriptor."""
+
+Direction = Literal["outgoing", "incoming"]
+
+
+class NodeConnectionError(Exception):
+    """Base of the QUIC NodeConnection errors; each class has a stable ``code``."""
+
+    code: ClassVar[str] = "node_connection"
+
+
+class ConnectionFailedError(NodeConnectionError):
+    """No connection to the node could be made; subclasses say why."""
+
+    code = "connection_failed"
+
+
+class ConnectTimeoutError(ConnectionFailedError):
+    """The handshake did not complete in time (nobody answering, or packets lost)."""
+
+    code = "connect_timeout"
+
+
+class ConnectRefusedError(ConnectionFailedError):
+    """The peer refused the connection (e.g. it is at its connection limit)."""
+
+    code = "connect_refused"
+
+
+class PeerVerificationError(ConnectionFailedError):
+    """The peer's certificate chain does not prove a node identity."""
+
+    code = "peer_verification_failed"
+
+
+class PeerRejectedUsError(ConnectionFailedError):
+    """The peer rejected our certificate chain."""
+
+    code = "peer_rejected"
+
+
+class NodeIdMismatchError(PeerVerificationError):
+    """Another node answered than the one dialled (``expected`` vs ``actual``)."""
+
+    code = "node_id_mismatch"
+
+    def __init__(self, expected: NodeId, actual: NodeId) -> None:
+        super().__init__(f"expected node {expected} but reached node {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class _RecordingVerifier:
+    """``node_verifier(expected)`` that remembers why it rejected a chain."""
+
+    def __init__(self, expected: NodeId) -> None:
+        self._verify = node_verifier(expected)
+        self.rejected: NodeVerificationError | None = None
+
+    def __call__(self, chain: Sequence[ChainElement]) -> NodeId:
+        try:
+            return self._verify(chain)
+        except NodeVerificationError as exc:
+            self.rejected = exc
+            raise
+
+
+class _ActivityOpener:
+    """A StreamOpener over a QUICConnection that reports each opened stream."""
+
+    def __init__(self, conn: QUICConnection, on_open: Callable[[], None]) -> None:
+        self._conn = conn
+        self._on_open = on_open
+
+    async def open_stream(self) -> ByteStream:
+        self._on_open()
+        return await self._conn.open_stream()
+
+
+class NodeConnection:
+    """An open, verified QUIC connection to one peer node, with its RPC stubs."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        connection: QUICConnection,
+        *,
+        direction: Direction,
+        rpc_config: RPCClientConfig | None = None,
+        on_activity: Callable[[NodeConnection], None] | None = None,
+    ) -> None:
+        """Wrap an *established* connection whose peer proved ``node_id``.
+
+        Use :meth:`connect` or :meth:`incoming` rather than calling this directly.
+        """
+        if not isinstance(node_id, NodeId):
+            raise TypeError(f"node_id must be a NodeId, not {type(node_id).__name__}")
+        self._node_id = node_id
+        self._connection = connection
+        self._direction: Direction = direction
+        self._on_activity = on_activity
+        self._loop = asyncio.get_running_loop()
+        self.last_used = self._loop.time()
+        """When a call last started on this connection (either way), in loop time."""
+        host, port = connection.remote_address
+        self._host = host
+        self._port = port
+        self._client = RPCClient(_ActivityOpener(connection, self.touch), config=rpc_config)
+        self._stub: Any = AgentServiceStub(self._client)
+        self._health: Any = health_stub(self._client)
+        self._closing: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (
+            f"<NodeConnection {self._direction} {str(self._node_id)[:12]}… "
+            f"{self._host}:{self._port} {state}>"
+        )
+
+    # -- making one ----------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        target_node_id: NodeId,
+        host: str,
+        port: int,
+        socket: QUICSocket,
+        credentials: TLSCredentials,
+        *,
+        config: QUICConfig | None = None,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,  # noqa: ASYNC109 - as the legacy API
+        stream_handler: StreamHandler | None = None,
+        rpc_config: RPCClientConfig | None = None,
+        on_activity: Callable[[NodeConnection], None] | None = None,
+    ) -> NodeConnection:
+        """Dial ``target_node_id`` at ``host:port`` from ``socket``.
+
+        ``credentials`` carry our key and chain; their ``verify`` is replaced by a
+        verifier that insists on ``target_node_id``. ``stream_handler`` serves calls the
+        peer makes back over this connection. Returns once both sides accepted each
+        other. Raises a :class:`ConnectionFailedError` subclass saying why not; nothing
+        stays open on failure.
+        """
+        if not isinstance(target_node_id, NodeId):
+            raise TypeError(f"target_node_id must be a NodeId, not {type(target_node_id).__name__}")
+        verifier = _RecordingVerifier(target_node_id)
+        creds = dataclasses.replace(credentials, verify=verifier)
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await connect(
+                    socket, host, port, creds, config, stream_handler=stream_handler
+                )
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                f"no connection to node {target_node_id} at {host}:{port} within {timeout:g}s"
+            ) from exc
+        except HandshakeTimeoutError as exc:
+            raise ConnectTimeoutError(
+                f"no connection to node {target_node_id} at {host}:{port}: {exc}"
+            ) from exc
+        except PeerCertificateRejectedError as exc:
+            rejected = verifier.rejected
+            if isinstance(rejected, _IdentityMismatch):
+                raise NodeIdMismatchError(rejected.expected, rejected.actual) from rejected
+            raise PeerVerificationError(
+                f"node at {host}:{port} failed verification as {target_node_id}: "
+                f"{rejected if rejected is not None else exc}"
+            ) from (rejected or exc)
+        except CertificateRejectedByPeerError as exc:
+            raise PeerRejectedUsError(
+                f"node {target_node_id} at {host}:{port} rejected our certificate: {exc}"
+            ) from exc
+        except ConnectionLimitError as exc:
+            raise ConnectRefusedError(
+                f"node {target_node_id} at {host}:{port} refused the connection: {exc}"
+            ) from exc
+        except (HandshakeError, OSError) as exc:
+            raise ConnectionFailedError(
+                f"cannot connect to node {target_node_id} at {host}:{port}: {exc}"
+            ) from exc
+        identity = conn.peer_identity
+        if identity != target_node_id:  # the verifier makes this unreachable
+            conn.abort("peer identity mismatch")
+            await conn.wait_closed()
+            raise NodeIdMismatchError(target_node_id, identity)
+        return cls(
+            target_node_id,
+            conn,
+            direction="outgoing",
+            rpc_config=rpc_config,
+            on_activity=on_activity,
+        )
+
+    @classmethod
+    def incoming(
+        cls,
+        connection: QUICConnection,
+        *,
+        rpc_config: RPCClientConfig | None = None,
+        on_activity: Callable[[NodeConnection], None] | None = None,
+    ) -> NodeConnection:
+        """Wrap a connection a peer dialled (already verified by the server's verifier)."""
+        identity = connection.peer_identity
+        if not isinstance(identity, NodeId):
+            raise PeerVerificationError(
+                f"the peer of {connection!r} has no verified node id ({identity!r})"
+            )
+        return cls(
+            identity,
+            connection,
+            direction="incoming",
+            rpc_config=rpc_config,
+            on_activity=on_activity,
+        )
+
+    # -- what it is --------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._node_id
+
+    @property
+    def host(self) -> str:
+        """The peer's host as dialled or as seen (incoming)."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def direction(self) -> Direction:
+        """``"outgoing"`` if this node dialled, ``"incoming"`` if the peer did."""
+        return self._direction
+
+    @property
+    def stub(self) -> Any:
+        """The ``AgentService`` client stub (descriptor-bound, on :attr:`rpc_client`)."""
+        return self._stub
+
+    @property
+    def client(self) -> Any:
+        """Alias of :attr:`stub`."""
+        return self._stub
+
+    @property
+    def health(self) -> Any:
+        """The ``grpc.health.v1.Health`` client stub."""
+        return self._health
+
+    @property
+    def rpc_client(self) -> RPCClient:
+        return self._client
+
+    @property
+    def quic_connection(self) -> QUICConnection:
+        return self._connection
+
+    @property
+    def peer_chain(self) -> tuple[bytes, ...]:
+        """The peer's certificate chain (DER, leaf first) as verified."""
+        return self._connection.peer_chain
+
+    @property
+    def active_streams(self) -> int:
+        """Streams open on the connection, in either direction (0 means idle)."""
+        return self._connection.streams
+
+    @property
+    def closed(self) -> bool:
+        return self._connection.is_closed
+
+    def touch(self) -> None:
+        """Mark the connection as used now (it is then the most recently used)."""
+        self.last_used = self._loop.time()
+        if self._on_activity is not None:
+            self._on_activity(self)
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Close the connection; calls still running after ``grace`` seconds fail with
+        UNAVAILABLE. Idempotent; concurrent closers wait for the same close."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(
+                self._connection.aclose(grace, reason="node connection closed")
+            )
+        await asyncio.shield(self._closing)
+
+    async def __aenter__(self) -> NodeConnection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,448 @@
+"""Process harness: a server process and a client process per stack, driven over JSON lines.
+
+Roles (``python -m benchmarks.harness server|client ...``) are started by
+:func:`run_all`; each writes one JSON object per line on its stdout and the client reads
+commands, one JSON object per line, on its stdin:
+
+* server → ``{"ready": true, "port": ..., "info": {...}, "pid": ...}`` or
+  ``{"ready": false, "error": "..."}``; it serves until its stdin closes.
+* client → ``{"ready": ...}`` the same way, then for each command
+  ``{"cmd": "run", "workload": w, "params": {...}}``, ``{"cmd": "idle_open", "count": n}``,
+  ``{"cmd": "idle_close"}`` or ``{"cmd": "stop"}`` one reply
+  ``{"ok": true, "result": {...}}`` / ``{"ok": false, "error": "..."}``.
+
+A stack that fails to start, or a workload that fails or times out, becomes an error
+row; the run goes on. The orchestrator samples the server's RSS and CPU time with psutil
+for the idle-connections workload.
+
+Set ``QUICSHIFT_BENCH_PROFILE=<dir>`` to run every child under cProfile; each writes
+``<dir>/<role>-<stack>.pstats`` when it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from ._common import ROOT, write_certs
+from .stacks import STACKS
+from .workloads import WORKLOADS
+
+__all__ = ["run_all"]
+
+PROFILE_ENV = "QUICSHIFT_BENCH_PROFILE"
+Log = Callable[[str], None]
+
+
+# -- child processes ---------------------------------------------------------------------
+
+
+def _protocol_out() -> IO[str]:
+    """The real stdout for protocol lines; everything else printed goes to stderr."""
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    sys.stdout = sys.stderr
+    return out
+
+
+def _emit(out: IO[str], message: dict[str, Any]) -> None:
+    out.write(json.dumps(message) + "\n")
+    out.flush()
+
+
+async def _stdin_reader() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text[:500]
+
+
+async def _server_role(out: IO[str], stack: str, certs: Path, max_connections: int) -> None:
+    from .stacks import start_server
+
+    try:
+        handle = await start_server(stack, certs, max_connections=max_connections)
+    except Exception as exc:
+        traceback.print_exc()
+        _emit(out, {"ready": False, "error": _error_text(exc)})
+        return
+    _emit(out, {"ready": True, "port": handle.port, "info": handle.info, "pid": os.getpid()})
+    reader = await _stdin_reader()
+    while await reader.readline():
+        pass
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(handle.stop(), 5)
+
+
+async def _client_role(out: IO[str], stack: str, certs: Path, port: int, info: str) -> None:
+    from .stacks import BenchConnection, client_side
+    from .workloads import PAYLOAD, RUNNERS, close_idle, open_idle
+
+    try:
+        side = await client_side(stack, certs, port, json.loads(info))
+    except Exception as exc:
+        traceback.print_exc()
+        _emit(out, {"ready": False, "error": _error_text(exc)})
+        return
+    _emit(out, {"ready": True, "pid": os.getpid()})
+    reader = await _stdin_reader()
+    main: BenchConnection | None = None
+    idle: list[BenchConnection] = []
+    try:
+        while line := await reader.readline():
+            command = json.loads(line)
+            cmd = command.get("cmd")
+            try:
+                if cmd == "stop":
+                    _emit(out, {"ok": True, "result": {}})
+                    break
+                if cmd == "run":
+                    if main is None:
+                        main = await side.connect()
+                        await main.unary(PAYLOAD)
+                    runner = RUNNERS[command["workload"]]
+                    result = await runner(side, main, command["params"])
+                elif cmd == "idle_open":
+                    t0 = time.perf_counter()
+                    idle.extend(await open_idle(side, int(command["count"])))
+                    result = {"open": len(idle), "seconds": round(time.perf_counter() - t0, 3)}
+                elif cmd == "idle_close":
+                    await close_idle(idle)
+                    result = {"closed": len(idle)}
+                    idle = []
+                else:
+                    raise ValueError(f"unknown command {cmd!r}")
+                _emit(out, {"ok": True, "result": result})
+            except Exception as exc:
+                traceback.print_exc()
+                _emit(out, {"ok": False, "error": _error_text(exc)})
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(close_idle(idle), 10)
+            if main is not None:
+                await asyncio.wait_for(main.close(), 5)
+            await asyncio.wait_for(side.aclose(), 5)
+
+
+def _child_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.harness")
+    parser.add_argument("role", choices=("server", "client"))
+    parser.add_argument("--stack", choices=STACKS, required=True)
+    parser.add_argument("--certs", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--info", default="{}")
+    parser.add_argument("--max-connections", type=int, default=1024)
+    args = parser.parse_args(argv)
+    out = _protocol_out()
+    if args.role == "server":
+        coro = _server_role(out, args.stack, args.certs, args.max_connections)
+    else:
+        coro = _client_role(out, args.stack, args.certs, args.port, args.info)
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if not profile_dir:
+        asyncio.run(coro)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(coro)
+    finally:
+        profiler.disable()
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(Path(profile_dir) / f"{args.role}-{args.stack}.pstats"))
+
+
+# -- orchestrator --------------------------------------------------------------------------
+
+
+class ChildError(Exception):
+    """A child process failed to start, answered with an error, died or timed out."""
+
+
+class Child:
+    """One child process speaking JSON lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
+
+    @classmethod
+    async def spawn(
+        cls, name: str, *args: str, limit_s: float = 60.0
+    ) -> tuple[Child, dict[str, Any]]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.harness",
+            *args,
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None
+            if os.environ.get("QUICSHIFT_BENCH_VERBOSE")
+            else asyncio.subprocess.DEVNULL,
+            limit=1 << 20,
+        )
+        child = cls(proc, name)
+        try:
+            hello = await child.receive(limit_s)
+        except BaseException:
+            await child.kill()
+            raise
+        if not hello.get("ready"):
+            await child.close()
+            raise ChildError(f"{name} did not start: {hello.get('error', hello)}")
+        return child, hello
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def receive(self, limit_s: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), limit_s)
+        except TimeoutError:
+            raise ChildError(f"{self.name}: no answer within {limit_s:.0f}s") from None
+        if not line:
+            code = await self.proc.wait()
+            raise ChildError(f"{self.name} exited (code {code})")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    async def request(self, command: dict[str, Any], limit_s: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        await self.proc.stdin.drain()
+        reply = await self.receive(limit_s)
+        if not reply.get("ok"):
+            raise ChildError(str(reply.get("error", reply)))
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    async def close(self, limit_s: float = 10.0) -> None:
+        """Close stdin (the child's signal to finish) and wait; kill if it hangs."""
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), limit_s)
+        except TimeoutError:
+            await self.kill()
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+class StackSession:
+    """The server and client processes of one stack, (re)started on demand."""
+
+    def __init__(self, stack: str, certs: Path, max_connections: int = 1024) -> None:
+        self.stack = stack
+        self.certs = certs
+        self.max_connections = max_connections
+        self.server: Child | None = None
+        self.client: Child | None = None
+
+    async def start(self) -> None:
+        self.server, hello = await Child.spawn(
+            f"{self.stack} server",
+            "server",
+            "--stack",
+            self.stack,
+            "--certs",
+            str(self.certs),
+            "--max-connections",
+            str(self.max_connections),
+        )
+        try:
+            self.client, _ = await Child.spawn(
+                f"{self.stack} client",
+                "client",
+                "--stack",
+                self.stack,
+                "--certs",
+                str(self.certs),
+                "--port",
+                str(hello["port"]),
+                "--info",
+                json.dumps(hello.get("info", {})),
+            )
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def ensure(self) -> tuple[Child, Child]:
+        if self.server is None or self.client is None:
+            await self.start()
+        assert self.server is not None and self.client is not None
+        return self.server, self.client
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.request({"cmd": "stop"}, 15)
+            await self.client.close()
+            self.client = None
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
+
+    async def abort(self) -> None:
+        for child in (self.client, self.server):
+            if child is not None:
+                await child.kill()
+        self.client = self.server = None
+
+
+def _timeout(workload: str, params: dict[str, Any]) -> float:
+    if workload == "bulk":
+        return 90.0 + float(params["bytes"]) / 1e6  # gives up below ~8 Mbit/s
+    if workload == "stream":
+        return 20.0 + float(params["messages"]) / 1000  # gives up below ~1,000 msgs/s
+    return {"connect": 120.0, "unary": 120.0, "concurrent": 180.0}.get(workload, 120.0)
+
+
+async def _run_workloads(
+    stack: str, certs: Path, workloads: list[str], params: dict[str, Any], log: Log
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    session = StackSession(stack, certs)
+    start_error: str | None = None
+    try:
+        for workload in workloads:
+            t0 = time.monotonic()
+            if start_error is not None:
+                results[workload] = {"error": start_error}
+                continue
+            try:
+                try:
+                    _, client = await session.ensure()
+                except ChildError as exc:
+                    start_error = f"stack failed to start: {exc}"
+                    raise ChildError(start_error) from exc
+                result = await client.request(
+                    {"cmd": "run", "workload": workload, "params": params[workload]},
+                    _timeout(workload, params[workload]),
+                )
+            except ChildError as exc:
+                result = {"error": str(exc)}
+                await session.abort()  # a clean slate for the next workload
+            results[workload] = result
+            log(f"  {stack:13s} {workload:11s} {_brief(result)}  ({time.monotonic() - t0:.1f}s)")
+    finally:
+        await session.stop()
+    return results
+
+
+def _cpu_seconds(proc: Any) -> float:
+    times = proc.cpu_times()
+    return float(times.user) + float(times.system)
+
+
+async def _run_idle(stack: str, certs: Path, params: dict[str, Any], log: Log) -> dict[str, Any]:
+    import psutil  # type: ignore[import-untyped]
+
+    count = params["connections"]
+    session = StackSession(stack, certs, max_connections=count + 64)
+    t0 = time.monotonic()
+    try:
+        server, client = await session.ensure()
+        server_ps = psutil.Process(server.pid)
+        client_ps = psutil.Process(client.pid)
+        await client.request({"cmd": "idle_open", "count": 1}, 60)  # code paths warm
+        await asyncio.sleep(params["settle_s"])
+        rss_before = server_ps.memory_info().rss
+        opened = await client.request({"cmd": "idle_open", "count": count}, 60 + 0.5 * count)
+        await asyncio.sleep(params["settle_s"])
+        rss_open = server_ps.memory_info().rss
+        server_cpu0, client_cpu0 = _cpu_seconds(server_ps), _cpu_seconds(client_ps)
+        w0 = time.monotonic()
+        await asyncio.sleep(params["window_s"])
+        window = time.monotonic() - w0
+        server_cpu = _cpu_seconds(server_ps) - server_cpu0
+        client_cpu = _cpu_seconds(client_ps) - client_cpu0
+        rss_after = server_ps.memory_info().rss
+        await client.request({"cmd": "idle_close"}, 60 + 0.1 * count)
+        result: dict[str, Any] = {
+            "connections": count,
+            "open_seconds": opened["seconds"],
+            "server_rss_before_mib": round(rss_before / (1 << 20), 2),
+            "server_rss_open_mib": round(rss_open / (1 << 20), 2),
+            "server_rss_after_window_mib": round(rss_after / (1 << 20), 2),
+            "rss_per_conn_kib": round((max(rss_open, rss_after) - rss_before) / count / 1024, 1),
+            "window_s": round(window, 2),
+            "server_cpu_pct": round(100 * server_cpu / window, 2),
+            "client_cpu_pct": round(100 * client_cpu / window, 2),
+            "server_cpu_ms_per_conn_per_min": round(1000 * server_cpu / window * 60 / count, 3),
+        }
+    except (ChildError, psutil.Error) as exc:
+        result = {"error": str(exc)}
+        await session.abort()
+    finally:
+        await session.stop()
+    log(f"  {stack:13s} {'idle':11s} {_brief(result)}  ({time.monotonic() - t0:.1f}s)")
+    return result
+
+
+_BRIEF_KEYS = (
+    "error",
+    "cold_p50_ms",
+    "resumed_p50_ms",
+    "p50_us",
+    "p99_us",
+    "calls_per_s",
+    "msgs_per_s",
+    "mbit_per_s",
+    "rss_per_conn_kib",
+    "server_cpu_pct",
+)
+
+
+def _brief(result: dict[str, Any]) -> str:
+    return " ".join(f"{k}={result[k]}" for k in _BRIEF_KEYS if k in result)
+
+
+async def run_all(
+    stacks: list[str], workloads: list[str], params: dict[str, Any], log: Log = print
+) -> dict[str, dict[str, Any]]:
+    """Every workload for every stack, in this run; returns ``{stack: {workload: result}}``."""
+    unknown = (set(stacks) - set(STACKS)) | (set(workloads) - set(WORKLOADS))
+    if unknown:
+        raise ValueError(f"unknown stacks or workloads: {sorted(unknown)}")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="quicshift-bench-") as tmp:
+        certs = Path(tmp)
+        write_certs(certs)
+        for stack in stacks:
+            log(f"{stack}:")
+            per_call = [w for w in workloads if w != "idle"]
+            results[stack] = (
+                await _run_workloads(stack, certs, per_call, params, log) if per_call else {}
+            )
+            if "idle" in workloads:
+                results[stack]["idle"] = await _run_idle(stack, certs, params["idle"], log)
+    return results
+
+
+if __name__ == "__main__":
+    _child_main()

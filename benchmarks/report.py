@@ -1,0 +1,264 @@
+"""Ratios to grpc-direct, targets met/missed, the JSON file, the Markdown table, the chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .workloads import METRICS, TARGETS, Metric, Target
+
+__all__ = [
+    "BASELINE",
+    "build_report",
+    "render_markdown",
+    "write_chart",
+    "write_outputs",
+]
+
+BASELINE = "grpc-direct"
+QUIC_STACKS = ("adapter-quic", "native-quic")
+
+
+def _value(results: dict[str, Any], stack: str, workload: str, key: str) -> float | None:
+    value = results.get(stack, {}).get(workload, {}).get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    ratios: dict[str, dict[str, float]] = {}
+    for stack in results:
+        row: dict[str, float] = {}
+        for metric in METRICS:
+            value = _value(results, stack, metric.workload, metric.key)
+            base = _value(results, BASELINE, metric.workload, metric.key)
+            if value is not None and base:
+                row[f"{metric.workload}.{metric.key}"] = round(value / base, 3)
+        ratios[stack] = row
+    return ratios
+
+
+def _targets(results: dict[str, Any], ratios: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for target in TARGETS:
+        for stack in QUIC_STACKS:
+            if stack not in results or target.workload not in results[stack]:
+                continue
+            if target.ratio:
+                value = ratios.get(stack, {}).get(f"{target.workload}.{target.key}")
+            else:
+                value = _value(results, stack, target.workload, target.key)
+            rows.append(
+                {
+                    "stack": stack,
+                    "workload": target.workload,
+                    "metric": target.key,
+                    "target": target.describe(),
+                    "value": value,
+                    "met": None if value is None else target.met(value),
+                }
+            )
+    return rows
+
+
+def build_report(
+    results: dict[str, Any],
+    *,
+    mode: str,
+    scale: float,
+    command: str,
+    machine: dict[str, Any],
+    params: dict[str, Any],
+    started_utc: str,
+    duration_s: float,
+) -> dict[str, Any]:
+    ratios = _ratios(results)
+    return {
+        "benchmark": "quicshift stacks side by side",
+        "mode": mode,
+        "scale": scale,
+        "command": command,
+        "started_utc": started_utc,
+        "duration_s": round(duration_s, 1),
+        "machine": machine,
+        "baseline": BASELINE,
+        "params": params,
+        "notes": [
+            "loopback; server and client in separate processes; one stack at a time",
+            "ratios are stack / grpc-direct measured in this run",
+            "latency ratios: < 1 is faster; throughput ratios: > 1 is faster",
+            "idle: server RSS delta over N connections each made by one call, then idle "
+            "with keepalive every 5 s; CPU = process CPU time over the idle window",
+        ],
+        "results": results,
+        "ratios": ratios,
+        "targets": _targets(results, ratios),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _cell(report: dict[str, Any], stack: str, metric: Metric) -> str:
+    result = report["results"].get(stack, {}).get(metric.workload)
+    if result is None:
+        return "n/a"
+    if "error" in result:
+        return "error"
+    value = _value(report["results"], stack, metric.workload, metric.key)
+    if value is None:
+        return "n/s" if metric.key.startswith("resumed") else "-"
+    text = _fmt(value)
+    ratio = report["ratios"].get(stack, {}).get(f"{metric.workload}.{metric.key}")
+    if stack != BASELINE and ratio is not None:
+        text += f" ({ratio:.2f}x)"
+    return text
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    stacks = list(report["results"])
+    machine = report["machine"]
+    lines = [
+        f"# quicshift benchmark — {report['mode']} run",
+        "",
+        f"`{report['command']}` — started {report['started_utc']}, took {report['duration_s']} s.",
+        f"Machine: {machine.get('cpu_count')} CPUs ({machine.get('cpu_model')}), "
+        f"Linux {machine.get('kernel')}, {machine.get('python')}, "
+        f"QUIC engine {machine.get('quic_engine')}; "
+        f"load average at start {machine.get('load_average', '?')}.",
+        "",
+        f"Absolute figures; in brackets the ratio to `{BASELINE}` measured in the same run "
+        "(latency: < 1x is better; throughput: > 1x is better). "
+        "`n/s` = not supported by the stack, `error` = see the JSON.",
+        "",
+        "| metric | unit | " + " | ".join(f"`{s}`" for s in stacks) + " |",
+        "|---|---|" + "---|" * len(stacks),
+    ]
+    for metric in METRICS:
+        if not any(metric.workload in report["results"].get(s, {}) for s in stacks):
+            continue
+        cells = [_cell(report, s, metric) for s in stacks]
+        lines.append(f"| {metric.label} | {metric.unit} | " + " | ".join(cells) + " |")
+    errors = [
+        (s, w, r["error"])
+        for s, per in report["results"].items()
+        for w, r in per.items()
+        if isinstance(r, dict) and "error" in r
+    ]
+    if report["targets"]:
+        lines += [
+            "",
+            "## Targets (QUIC stacks)",
+            "",
+            "| target | stack | value | met |",
+            "|---|---|---|---|",
+        ]
+        for row in report["targets"]:
+            met = {True: "met", False: "**missed**", None: "no data"}[row["met"]]
+            unit = "x" if "x" in row["target"] else ""
+            lines.append(
+                f"| {row['workload']} {row['metric']} {row['target']} | `{row['stack']}` "
+                f"| {_fmt(row['value'])}{unit} | {met} |"
+            )
+    notes = _resumption_notes(report)
+    if notes:
+        lines += ["", "## Session resumption / 0-RTT", ""]
+        lines += [f"- `{s}`: {n}" for s, n in notes]
+    if errors:
+        lines += ["", "## Errors", ""]
+        lines += [f"- `{s}` {w}: {e}" for s, w, e in errors]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _resumption_notes(report: dict[str, Any]) -> list[tuple[str, str]]:
+    notes = []
+    for stack, per in report["results"].items():
+        note = per.get("connect", {}).get("resumption")
+        if note:
+            notes.append((stack, str(note)))
+    return notes
+
+
+def write_chart(report: dict[str, Any], path: Path) -> str | None:
+    """A bar chart of every ratio; returns a note instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: chart skipped (pip install matplotlib)"
+    stacks = [s for s in report["results"] if s != BASELINE]
+    metrics = [
+        m
+        for m in METRICS
+        if any(f"{m.workload}.{m.key}" in report["ratios"].get(s, {}) for s in stacks)
+    ]
+    if not stacks or not metrics:
+        return "no ratios to chart"
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(metrics)), 5.0))
+    width = 0.8 / len(stacks)
+    for i, stack in enumerate(stacks):
+        values = [report["ratios"][stack].get(f"{m.workload}.{m.key}", 0.0) for m in metrics]
+        xs = [x + (i - (len(stacks) - 1) / 2) * width for x in range(len(metrics))]
+        ax.bar(xs, values, width, label=stack)
+    for x, metric in enumerate(metrics):
+        target = _ratio_target(metric)
+        if target is not None:
+            ax.hlines(target.value, x - 0.45, x + 0.45, colors="black", linestyles="dashed")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(
+        [f"{m.label}\n({'↓' if m.better == 'lower' else '↑'} better)" for m in metrics],
+        rotation=30,
+        ha="right",
+        fontsize=8,
+    )
+    ax.set_ylabel(f"ratio to {BASELINE} (log)")
+    ax.set_title(f"quicshift stacks vs {BASELINE} ({report['mode']} run); dashes = targets")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def _ratio_target(metric: Metric) -> Target | None:
+    for target in TARGETS:
+        if target.ratio and (target.workload, target.key) == (metric.workload, metric.key):
+            return target
+    return None
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
+    """``<out>/stacks-<mode>.json``, ``<out>/latest.md``, ``<out>/latest.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"stacks-{report['mode']}.json"
+    md_path = out / "latest.md"
+    png_path = out / "latest.png"
+    note = write_chart(report, png_path)
+    written = [json_path, md_path]
+    if note is None:
+        written.append(png_path)
+        report["chart"] = png_path.name
+    else:
+        report["chart"] = None
+        print(note)
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    markdown = render_markdown(report)
+    if note is None:
+        markdown += f"\n![ratios to {BASELINE}]({png_path.name})\n"
+    md_path.write_text(markdown)
+    return written

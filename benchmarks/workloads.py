@@ -1,0 +1,254 @@
+"""The workloads: their sizes, the client-side code that runs them, what they report.
+
+Each workload's client part runs in the client process against one stack's
+:class:`~benchmarks.stacks.ClientSide`. The idle-connections workload also needs the
+server process's RSS and CPU time; :mod:`benchmarks.harness` measures those around the
+client's ``idle_open`` / ``idle_close`` steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._common import summarize_latencies
+from .stacks import BenchConnection, ClientSide
+
+__all__ = [
+    "METRICS",
+    "TARGETS",
+    "WORKLOADS",
+    "Metric",
+    "Target",
+    "workload_params",
+]
+
+WORKLOADS = ("connect", "unary", "concurrent", "stream", "bulk", "idle")
+
+_MIB = 1 << 20
+PAYLOAD = b"x" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One reported figure: where it is in a workload's result and which way is better."""
+
+    workload: str
+    key: str
+    label: str
+    unit: str
+    better: Literal["lower", "higher"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A goal for the QUIC stacks: a ratio to grpc-direct, or an absolute bound."""
+
+    workload: str
+    key: str
+    op: Literal["<=", ">="]
+    value: float
+    ratio: bool = True
+
+    def describe(self) -> str:
+        return f"{self.op} {self.value:g}{'x' if self.ratio else ''}"
+
+    def met(self, value: float) -> bool:
+        return value <= self.value if self.op == "<=" else value >= self.value
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("connect", "cold_p50_ms", "cold connect + 1st call p50", "ms", "lower"),
+    Metric("connect", "resumed_p50_ms", "resumed connect + 1st call p50", "ms", "lower"),
+    Metric("unary", "p50_us", "unary p50", "µs", "lower"),
+    Metric("unary", "p99_us", "unary p99", "µs", "lower"),
+    Metric("unary", "calls_per_s", "unary sequential", "calls/s", "higher"),
+    Metric("concurrent", "calls_per_s", "100 concurrent callers", "calls/s", "higher"),
+    Metric("concurrent", "p99_us", "100 concurrent callers p99", "µs", "lower"),
+    Metric("stream", "msgs_per_s", "server streaming", "msgs/s", "higher"),
+    Metric("bulk", "mbit_per_s", "bulk upload, one stream", "Mbit/s", "higher"),
+    Metric("idle", "rss_per_conn_kib", "server RSS per idle connection", "KiB", "lower"),
+    Metric("idle", "server_cpu_pct", "server CPU while idle", "% of a core", "lower"),
+    Metric("idle", "client_cpu_pct", "client CPU while idle", "% of a core", "lower"),
+)
+
+TARGETS: tuple[Target, ...] = (
+    Target("connect", "cold_p50_ms", "<=", 1.0),
+    Target("unary", "p50_us", "<=", 0.7),
+    Target("unary", "p99_us", "<=", 0.7),
+    Target("concurrent", "calls_per_s", ">=", 1.5),
+    Target("stream", "msgs_per_s", ">=", 1.0),
+    Target("bulk", "mbit_per_s", ">=", 0.5),
+    Target("idle", "rss_per_conn_kib", "<=", 64.0, ratio=False),
+)
+
+
+def workload_params(quick: bool, scale: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Sizes of every workload for a full or quick run, multiplied by ``scale``."""
+
+    def n(full: int, fast: int, floor: int = 1) -> int:
+        return max(floor, round((fast if quick else full) * scale))
+
+    return {
+        "connect": {"repeats": n(40, 10, 3)},
+        "unary": {"warmup": n(500, 100, 10), "calls": n(5000, 1000, 50), "size": 64},
+        "concurrent": {"callers": 100, "calls_per_caller": n(100, 20, 2), "size": 64},
+        "stream": {"messages": n(100_000, 10_000, 100), "size": 64},
+        "bulk": {"bytes": n(256, 16, 1) * _MIB, "chunk": 64 * 1024},
+        "idle": {
+            "connections": n(1000, 100, 5),
+            "settle_s": 2.0 if not quick else 0.5,
+            # at least one keepalive interval (5 s) even in quick mode
+            "window_s": 15.0 if not quick else 5.0,
+        },
+    }
+
+
+# -- client-side runners -----------------------------------------------------------------
+
+Runner = Callable[
+    [ClientSide, BenchConnection, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]
+]
+
+
+async def _first_call(side: ClientSide, resume: bool) -> float:
+    clock = time.perf_counter
+    t0 = clock()
+    conn = await side.connect(resume=resume)
+    await conn.unary(PAYLOAD)
+    elapsed = clock() - t0
+    await conn.close()
+    return elapsed
+
+
+def _ms(summary: dict[str, float]) -> dict[str, float]:
+    return {
+        k.replace("_us", "_ms"): (round(v / 1000, 3) if k.endswith("_us") else v)
+        for k, v in summary.items()
+    }
+
+
+async def run_connect(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) -> dict[str, Any]:
+    await _first_call(side, False)  # warm up lazy imports and code paths
+    cold = [await _first_call(side, False) for _ in range(p["repeats"])]
+    result: dict[str, Any] = {"cold": _ms(summarize_latencies(cold))}
+    result["cold_p50_ms"] = result["cold"]["p50_ms"]
+    result["resumption"] = side.resumption_note
+    if side.supports_resumption:
+        await _first_call(side, True)  # fills the session cache
+        resumed = [await _first_call(side, True) for _ in range(p["repeats"])]
+        result["resumed"] = _ms(summarize_latencies(resumed))
+        result["resumed_p50_ms"] = result["resumed"]["p50_ms"]
+    return result
+
+
+async def run_unary(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) -> dict[str, Any]:
+    payload = b"x" * p["size"]
+    for _ in range(p["warmup"]):
+        if await conn.unary(payload) != payload:
+            raise RuntimeError("echo mismatch")
+    clock = time.perf_counter
+    samples: list[float] = []
+    started = clock()
+    for _ in range(p["calls"]):
+        t0 = clock()
+        await conn.unary(payload)
+        samples.append(clock() - t0)
+    total = clock() - started
+    summary = summarize_latencies(samples)
+    return {
+        **summary,
+        "calls_per_s": round(p["calls"] / total, 1),
+    }
+
+
+async def run_concurrent(
+    side: ClientSide, conn: BenchConnection, p: dict[str, Any]
+) -> dict[str, Any]:
+    payload = b"x" * p["size"]
+    clock = time.perf_counter
+    samples: list[float] = []
+
+    async def caller(calls: int, record: bool) -> None:
+        for _ in range(calls):
+            t0 = clock()
+            await conn.unary(payload)
+            if record:
+                samples.append(clock() - t0)
+
+    await asyncio.gather(*(caller(2, False) for _ in range(p["callers"])))  # warm up
+    started = clock()
+    await asyncio.gather(*(caller(p["calls_per_caller"], True) for _ in range(p["callers"])))
+    total = clock() - started
+    return {
+        **summarize_latencies(samples),
+        "calls_per_s": round(len(samples) / total, 1),
+        "callers": p["callers"],
+    }
+
+
+async def run_stream(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) -> dict[str, Any]:
+    await conn.stream(min(1000, p["messages"]), p["size"])  # warm up
+    clock = time.perf_counter
+    t0 = clock()
+    got = await conn.stream(p["messages"], p["size"])
+    elapsed = clock() - t0
+    if got != p["messages"]:
+        raise RuntimeError(f"received {got} of {p['messages']} messages")
+    return {"msgs_per_s": round(got / elapsed, 1), "seconds": round(elapsed, 3)}
+
+
+async def run_bulk(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) -> dict[str, Any]:
+    chunk = b"b" * p["chunk"]
+    await conn.bulk(_MIB, chunk)  # warm up (and grow windows)
+    clock = time.perf_counter
+    t0 = clock()
+    got = await conn.bulk(p["bytes"], chunk)
+    elapsed = clock() - t0
+    if got != p["bytes"]:
+        raise RuntimeError(f"server counted {got} of {p['bytes']} bytes")
+    return {
+        "mbit_per_s": round(p["bytes"] * 8 / elapsed / 1e6, 1),
+        "seconds": round(elapsed, 3),
+        "mib": p["bytes"] // _MIB,
+    }
+
+
+RUNNERS: dict[str, Runner] = {
+    "connect": run_connect,
+    "unary": run_unary,
+    "concurrent": run_concurrent,
+    "stream": run_stream,
+    "bulk": run_bulk,
+}
+
+
+async def open_idle(side: ClientSide, count: int, parallel: int = 16) -> list[BenchConnection]:
+    """``count`` connections, each established by one unary call, then left idle."""
+    conns: list[BenchConnection] = []
+    gate = asyncio.Semaphore(parallel)
+
+    async def one() -> None:
+        async with gate:
+            conn = await side.connect()
+            conns.append(conn)
+            await conn.unary(PAYLOAD)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return conns
+
+
+async def close_idle(conns: list[BenchConnection], parallel: int = 64) -> None:
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(conn: BenchConnection) -> None:
+        async with gate:
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:
+                pass
+
+    await asyncio.gather(*(one(c) for c in conns))
