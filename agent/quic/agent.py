@@ -58,6 +58,7 @@ DEFAULT_HANDLER_TIMEOUT: Final = 300.0
 """Upper bound on any one call's duration unless ``rpc_server_config`` says otherwise."""
 
 T = TypeVar("T")
+_UNSPECIFIED: Final = {"::": "::1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1"}
 
 
 class AgentError(Exception):
@@ -77,6 +78,7 @@ class Agent:
         key_type: KeyType = "ed25519",
         host: str = "127.0.0.1",
         port: int = 0,
+        public_host: str | None = None,
         quic_config: QUICConfig | None = None,
         connections: ConnectionManagerConfig | None = None,
         rpc_server_config: RPCServerConfig | None = None,
@@ -87,6 +89,8 @@ class Agent:
         is loaded, or a new ``key_type`` identity generated and saved.
 
         ``host``/``port``: where the one UDP socket binds (``"::"`` for dual-stack).
+        ``public_host``: where other nodes reach it (default ``host``; for an unspecified
+        bind address, the loopback address of that family).
         ``quic_config`` holds the keepalive (``keepalive_interval``, ``idle_timeout``) and
         transport limits; ``connections`` the connection manager's TTL and bounds;
         ``rpc_server_config`` the call limits (default: every call is cut at
@@ -100,6 +104,7 @@ class Agent:
         self._key_type: KeyType = key_type
         self._host = host
         self._port = port
+        self._public_host = public_host or _UNSPECIFIED.get(host, host)
         self._quic_config = quic_config if quic_config is not None else QUICConfig()
         self._manager_config = (
             connections if connections is not None else ConnectionManagerConfig()
@@ -140,7 +145,7 @@ class Agent:
         except BaseException:
             await self.stop()
             raise
-        _log.info("agent %s serving on %s:%d", self.node_id, self._host, self.port)
+        _log.info("agent %s serving on %s:%d", self.node_id, self.host, self.port)
 
     async def _start(self) -> None:
         identity = await asyncio.to_thread(
@@ -244,7 +249,12 @@ class Agent:
 
     @property
     def host(self) -> str:
-        """The host to reach this agent on (the bound address; ``::`` means any)."""
+        """The host other nodes reach this agent on (see ``public_host``)."""
+        return self._public_host
+
+    @property
+    def bind_host(self) -> str:
+        """The address the socket is bound to (``::`` is dual-stack, any address)."""
         return self._host
 
     @property
@@ -254,7 +264,7 @@ class Agent:
 
     @property
     def address(self) -> NodeAddress:
-        return NodeAddress(host=self._host, port=self.port, transports=(QUIC_TRANSPORT,))
+        return NodeAddress(host=self.host, port=self.port, transports=(QUIC_TRANSPORT,))
 
     @property
     def quic_config(self) -> QUICConfig:
