@@ -32,6 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from cryptography import x509
+
+    from agent.identity import NodeIdentity
     from agent.legacy import LegacyAgent
     from legacy_grpc import NodeConnection
 
@@ -576,7 +581,7 @@ def _identity_dir(args: argparse.Namespace) -> Path:
     return state_dir / IDENTITY_DIR_NAME
 
 
-def _load_existing(folder: Path) -> Any:
+def _load_existing(folder: Path) -> NodeIdentity:
     from agent.identity import IdentityLoadError, NodeIdentity
 
     if not folder.exists():
@@ -590,7 +595,9 @@ def _load_existing(folder: Path) -> Any:
         raise _KeysError(f"cannot load the node identity in {folder}: {exc}") from None
 
 
-def _certificate_info(cert: Any, index: int, length: int, now: Any) -> dict[str, Any]:
+def _certificate_info(
+    cert: x509.Certificate, index: int, length: int, now: datetime
+) -> dict[str, Any]:
     from cryptography.hazmat.primitives import hashes
 
     from agent.identity.certificates import key_type_of
@@ -624,7 +631,7 @@ def _certificate_info(cert: Any, index: int, length: int, now: Any) -> dict[str,
     }
 
 
-def _identity_info(identity: Any, folder: Path) -> dict[str, Any]:
+def _identity_info(identity: NodeIdentity, folder: Path) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     from agent.identity import CHAIN_FILE_NAME, KEY_FILE_NAME, NodeVerificationError

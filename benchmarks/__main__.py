@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{command}\n{machine['cpu_count']} CPUs, {machine['cpu_model']}, load {machine.get('load_average')}"
     )
-    results = asyncio.run(run_all(stacks, workloads, {w: params[w] for w in workloads}))
+    for old in (args.out / "logs").glob("*.log"):
+        old.unlink()
+    results = asyncio.run(
+        run_all(stacks, workloads, {w: params[w] for w in workloads}, log_dir=args.out / "logs")
+    )
     report = build_report(
         results,
         mode="quick" if args.quick else "full",

@@ -164,10 +164,9 @@ async def _client(stack: str, port: int, certs: Path) -> _Client:
     ca = (certs / "ca.pem").read_bytes()
     client = _Client()
     if stack == "native":
+        from migration.quic_grpc._credentials import ephemeral_identity
         from quic_rpc.quic import QUICSocket, TLSCredentials, ca_verifier, connect
         from quic_rpc.rpc import RPCClient
-
-        from migration.quic_grpc._credentials import ephemeral_identity
 
         identity = ephemeral_identity()
         sock = await QUICSocket.bind("127.0.0.1", 0)

@@ -15,8 +15,8 @@ A stack that fails to start, or a workload that fails or times out, becomes an e
 row; the run goes on. The orchestrator samples the server's RSS and CPU time with psutil
 for the idle-connections workload.
 
-Set ``QUICSHIFT_BENCH_PROFILE=<dir>`` to run every child under cProfile; each writes
-``<dir>/<role>-<stack>.pstats`` when it exits.
+Set ``QUICSHIFT_BENCH_PROFILE=<dir>`` to run every child under cProfile (CPU time);
+each writes ``<dir>/<role>-<stack>.pstats`` when it exits.
 """
 
 from __future__ import annotations
@@ -158,7 +158,11 @@ def _child_main(argv: list[str] | None = None) -> None:
         return
     import cProfile
 
-    profiler = cProfile.Profile()
+    import time as _time
+
+    # CPU time, not wall time: on a busy machine a syscall that wakes the peer process
+    # (sendto on loopback) otherwise "takes" as long as this process stays preempted.
+    profiler = cProfile.Profile(_time.process_time)
     profiler.enable()
     try:
         asyncio.run(coro)
@@ -182,10 +186,19 @@ class Child:
         self.proc = proc
         self.name = name
 
+    log_dir: Path | None = None
+    """Where children's stderr goes (``<name>.log``, appended); None discards it."""
+
     @classmethod
     async def spawn(
         cls, name: str, *args: str, limit_s: float = 60.0
     ) -> tuple[Child, dict[str, Any]]:
+        stderr: Any = asyncio.subprocess.DEVNULL
+        if os.environ.get("QUICSHIFT_BENCH_VERBOSE"):
+            stderr = None
+        elif cls.log_dir is not None:
+            cls.log_dir.mkdir(parents=True, exist_ok=True)
+            stderr = (cls.log_dir / f"{name.replace(' ', '-')}.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -194,11 +207,11 @@ class Child:
             cwd=ROOT,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            stderr=None
-            if os.environ.get("QUICSHIFT_BENCH_VERBOSE")
-            else asyncio.subprocess.DEVNULL,
+            stderr=stderr,
             limit=1 << 20,
         )
+        if hasattr(stderr, "close"):
+            stderr.close()  # the child has its own copy
         child = cls(proc, name)
         try:
             hello = await child.receive(limit_s)
@@ -423,9 +436,17 @@ def _brief(result: dict[str, Any]) -> str:
 
 
 async def run_all(
-    stacks: list[str], workloads: list[str], params: dict[str, Any], log: Log = print
+    stacks: list[str],
+    workloads: list[str],
+    params: dict[str, Any],
+    log: Log = print,
+    log_dir: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every workload for every stack, in this run; returns ``{stack: {workload: result}}``."""
+    """Every workload for every stack, in this run; returns ``{stack: {workload: result}}``.
+
+    Children's stderr (tracebacks of failed workloads) goes to ``log_dir/<child>.log``.
+    """
+    Child.log_dir = log_dir
     unknown = (set(stacks) - set(STACKS)) | (set(workloads) - set(WORKLOADS))
     if unknown:
         raise ValueError(f"unknown stacks or workloads: {sorted(unknown)}")

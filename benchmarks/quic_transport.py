@@ -405,6 +405,19 @@ async def _measure(
     }
 
 
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    latency = {
+        key: round(statistics.median(run["latency_us"][key] for run in runs), 1)
+        for key in ("p50", "p90", "p99", "mean")
+    }
+    latency["requests"] = runs[0]["latency_us"]["requests"]
+    mbit_s = round(statistics.median(run["bulk"]["mbit_s"] for run in runs), 1)
+    return {
+        "latency_us": latency,
+        "bulk": {"bytes": runs[0]["bulk"]["bytes"], "mbit_s": mbit_s},
+    }
+
+
 def _percentile(sorted_samples: list[float], pct: float) -> float:
     index = min(len(sorted_samples) - 1, max(0, round(pct / 100 * (len(sorted_samples) - 1))))
     return sorted_samples[index]
@@ -433,16 +446,21 @@ async def _run_variant(variant: str, certs: Path, requests: int, bulk: int) -> d
             await proc.wait()
 
 
-async def _main(quick: bool, variants: list[str]) -> dict[str, Any]:
+async def _main(quick: bool, variants: list[str], rounds: int) -> dict[str, Any]:
     requests = 500 if quick else 2000
     bulk = (16 if quick else 64) * 1024 * 1024
-    results: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp)
         _make_certs(certs)
-        for variant in variants:
-            results[variant] = await _run_variant(variant, certs, requests, bulk)
-            print(f"{variant:20s} {json.dumps(results[variant])}", flush=True)
+        # Variants take turns round by round, so load from other processes on the
+        # machine spreads over all of them instead of skewing one.
+        for round_index in range(rounds):
+            for variant in variants:
+                run = await _run_variant(variant, certs, requests, bulk)
+                runs[variant].append(run)
+                print(f"round {round_index + 1} {variant:20s} {json.dumps(run)}", flush=True)
+    results = {variant: _median_of(variant_runs) for variant, variant_runs in runs.items()}
     base = results.get("tcp-tls")
     if base is not None:
         for result in results.values():
@@ -451,11 +469,15 @@ async def _main(quick: bool, variants: list[str]) -> dict[str, Any]:
                 "latency_p99": round(result["latency_us"]["p99"] / base["latency_us"]["p99"], 2),
                 "throughput": round(result["bulk"]["mbit_s"] / base["bulk"]["mbit_s"], 3),
             }
+    for variant, result in results.items():
+        result["rounds"] = runs[variant]
     from quic_rpc.quic import gso_supported
 
     return {
         "benchmark": "quic_transport",
         "mode": "quick" if quick else "full",
+        "rounds": rounds,
+        "aggregation": "median over rounds of each figure",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "python": platform.python_version(),
@@ -476,6 +498,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer requests, 16 MiB bulk")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds per variant (default 1 quick, 3 full)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--certs", type=Path, help=argparse.SUPPRESS)
@@ -487,7 +512,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants: {sorted(unknown)}")
-    report = asyncio.run(_main(args.quick, variants))
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+    report = asyncio.run(_main(args.quick, variants, rounds))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -174,7 +174,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Session resumption / 0-RTT", ""]
         lines += [f"- `{s}`: {n}" for s, n in notes]
     if errors:
-        lines += ["", "## Errors", ""]
+        lines += ["", "## Errors", "", "Tracebacks: `logs/<stack>-<server|client>.log`.", ""]
         lines += [f"- `{s}` {w}: {e}" for s, w, e in errors]
     lines.append("")
     return "\n".join(lines)

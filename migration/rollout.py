@@ -42,6 +42,7 @@ __all__ = [
     "QUIC",
     "ROLLOUT_FILE_NAME",
     "TRANSPORTS",
+    "UNADVERTISED_TRANSPORTS",
     "Attempt",
     "FallbackExhaustedError",
     "FallbackPolicy",
@@ -62,6 +63,8 @@ GRPC: Final = "grpc"
 QUIC: Final = "quic"
 TRANSPORTS: Final[tuple[str, ...]] = (GRPC, QUIC)
 ROLLOUT_FILE_NAME: Final = "rollout.json"
+UNADVERTISED_TRANSPORTS: Final[tuple[str, ...]] = (GRPC,)
+"""What a peer that advertises no transports serves: nodes from before advertising."""
 STATE_FORMAT_VERSION: Final = 1
 MAX_HISTORY: Final = 1000
 
@@ -347,12 +350,35 @@ class RolloutState:
         """Move to ``stage`` (any stage; use :meth:`advance`/:meth:`rollback` for one
         step) and persist it. Returns the change, or ``None`` if already there."""
         target = RolloutStage.parse(stage)
+        return self._change(lambda current: target, reason, now)
+
+    def advance(self, reason: str = "", *, now: datetime | None = None) -> StageChange:
+        """One stage forward; :class:`StageLimitError` at ``quic-only``."""
+        change = self._change(RolloutStage.advance, reason, now)
+        if change is None:  # pragma: no cover - advance() always moves or raises
+            raise StageLimitError("advance did not change the stage")
+        return change
+
+    def rollback(self, reason: str = "", *, now: datetime | None = None) -> StageChange:
+        """One stage back; :class:`StageLimitError` at ``legacy``."""
+        change = self._change(RolloutStage.rollback, reason, now)
+        if change is None:  # pragma: no cover - rollback() always moves or raises
+            raise StageLimitError("rollback did not change the stage")
+        return change
+
+    def _change(
+        self,
+        target_of: Callable[[RolloutStage], RolloutStage],
+        reason: str,
+        now: datetime | None,
+    ) -> StageChange | None:
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
         when = now if now is not None else datetime.now(UTC)
         if when.utcoffset() is None:
             raise ValueError("now must be a timezone-aware datetime")
-        with self._lock:
+        with self._lock:  # read, decide, write and publish as one step
+            target = target_of(self._stage)
             if target is self._stage:
                 return None
             change = StageChange(when, target, self._stage, reason)
@@ -361,30 +387,17 @@ class RolloutState:
             self._stage, self._history = target, history
             return change
 
-    def advance(self, reason: str = "", *, now: datetime | None = None) -> StageChange:
-        with self._lock:
-            target = self._stage.advance()
-        change = self.set(target, reason, now=now)
-        assert change is not None
-        return change
-
-    def rollback(self, reason: str = "", *, now: datetime | None = None) -> StageChange:
-        with self._lock:
-            target = self._stage.rollback()
-        change = self.set(target, reason, now=now)
-        assert change is not None
-        return change
-
     def save(self) -> None:
         with self._lock:
             self._write(self._stage, self._history)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": STATE_FORMAT_VERSION,
-            "stage": self._stage.value,
-            "history": [c.to_json() for c in self._history],
-        }
+        with self._lock:
+            return {
+                "version": STATE_FORMAT_VERSION,
+                "stage": self._stage.value,
+                "history": [c.to_json() for c in self._history],
+            }
 
     def _write(self, stage: RolloutStage, history: Sequence[StageChange]) -> None:
         payload = {
@@ -522,11 +535,17 @@ class TransportChooser:
     ) -> TransportPlan:
         """The plan for a peer advertising ``peer_transports``.
 
-        ``override`` forces one transport (``quicshift call --transport``); it must be
-        one the peer serves. Raises :class:`NoCommonTransportError` when nothing fits.
+        A peer that advertises nothing at all predates advertising: it is taken to serve
+        ``grpc`` only (:data:`UNADVERTISED_TRANSPORTS`). ``override`` forces one
+        transport (``quicshift call --transport``); it must be one the peer serves.
+        Raises :class:`NoCommonTransportError` when nothing fits.
         """
         stage = self.stage
-        peer = normalize_transports(peer_transports)
+        advertised = list(peer_transports) if not isinstance(peer_transports, str) else None
+        if advertised is None:
+            raise TypeError("transports must be a sequence of names, not a single string")
+        assumed = not advertised
+        peer = UNADVERTISED_TRANSPORTS if assumed else normalize_transports(advertised)
         if override is not None:
             forced = override.strip().lower()
             if forced not in TRANSPORTS:
@@ -541,7 +560,10 @@ class TransportChooser:
         skipped = tuple(t for t in wanted if t not in peer)
         if not usable:
             raise NoCommonTransportError(stage, peer)
-        return TransportPlan(stage, usable, _explain(stage, usable, skipped), skipped)
+        reason = _explain(stage, usable, skipped)
+        if assumed:
+            reason += "; the peer advertises no transports, so it is taken to serve grpc only"
+        return TransportPlan(stage, usable, reason, skipped)
 
 
 def _explain(stage: RolloutStage, usable: tuple[str, ...], skipped: tuple[str, ...]) -> str:

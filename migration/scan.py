@@ -15,6 +15,12 @@ Which grpc symbols are *covered* is read from the adapter itself at scan time (i
 contexts), so verdicts stay true as the adapter grows. Only the ``changed`` semantics
 and recommendations are kept in explicit tables here.
 
+Servicer context calls are found on parameters named ``context`` or annotated with a
+``ServicerContext`` (and in closures inside such methods). Option keys (``"grpc.*"`` as the
+first element of a tuple or a dict key), proxy environment variable names, server port
+calls and ``compression=``/``wait_for_ready=`` arguments are reported only in files that
+import something grpc-related (``grpc``, ``grpc_*`` packages or ``*_pb2_grpc`` modules).
+
 Generated modules (``*_pb2.py``, ``*_pb2_grpc.py``) are not scanned by default: their grpc
 uses are the code generator's, and they are regenerated rather than edited.
 """
@@ -701,13 +707,22 @@ class _FileScanner(ast.NodeVisitor):
 
     def _visit_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         args = node.args
-        names = set()
-        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
+        params = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+        if args.vararg is not None:
+            params.append(args.vararg)
+        if args.kwarg is not None:
+            params.append(args.kwarg)
+        names: set[str] = set()
+        for arg in params:
             annotation = self.resolve(arg.annotation) if arg.annotation is not None else None
             if arg.arg == "context" or (
                 annotation is not None and annotation.endswith("ServicerContext")
             ):
                 names.add(arg.arg)
+        # A nested function sees its enclosing servicer method's context (a closure),
+        # unless a parameter of its own shadows the name.
+        outer = self.context_names[-1][0] if self.context_names else frozenset()
+        names |= outer - {arg.arg for arg in params}
         self.context_names.append((frozenset(names), isinstance(node, ast.AsyncFunctionDef)))
         try:
             self.generic_visit(node)

@@ -181,6 +181,7 @@ class Agent:
             config=self._manager_config,
             stream_handler=self._handle_stream,
             rpc_config=self._rpc_client_config,
+            node_id=identity.node_id,
         )
         self._quic_server = QUICServer(
             socket,

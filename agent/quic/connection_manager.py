@@ -4,6 +4,10 @@
   dialling if there is none; concurrent callers for the same node share one dial.
 * Connections the peers dial in are registered too (:meth:`register_incoming`, the
   QUICServer's ``on_connection``): calling such a node back reuses that connection.
+* When two nodes dial each other at once, both keep the same one of the two connections:
+  the one dialled by the node with the smaller id. The other is closed by its dialler
+  (after its in-flight calls, within ``close_grace``); a newer incoming connection from
+  the same node replaces an older incoming one (the peer reconnected).
 * A connection with no stream open for ``idle_ttl`` seconds is closed. Each connection
   has one timer, re-armed lazily, so idle connections cost no CPU in between.
 * At most ``max_connections`` (held + being dialled). A new one evicts the least
@@ -111,9 +115,13 @@ class NodeConnectionManager:
         config: ConnectionManagerConfig | None = None,
         stream_handler: StreamHandler | None = None,
         rpc_config: RPCClientConfig | None = None,
+        node_id: NodeId | None = None,
     ) -> None:
         """``credentials``: our key and chain (the verifier is set per dial).
-        ``stream_handler`` serves the calls peers make over connections we dialled."""
+        ``stream_handler`` serves the calls peers make over connections we dialled.
+        ``node_id``: this node's id, which settles simultaneous dials (without it, the
+        connection registered first stays)."""
+        self._node_id = node_id
         self._socket = socket
         self._credentials = credentials
         self._quic_config = quic_config
@@ -187,7 +195,15 @@ class NodeConnectionManager:
             dial = self._loop.create_task(self._dial(node_id, host, port))
             self._dials[node_id] = dial
             dial.add_done_callback(functools.partial(self._dial_done, node_id))
-        return await asyncio.shield(dial)
+        try:
+            return await asyncio.shield(dial)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if dial.cancelled() and (current is None or not current.cancelling()):
+                raise ConnectionManagerStoppedError(
+                    "the connection manager stopped while dialling"
+                ) from None
+            raise
 
     async def _dial(self, node_id: NodeId, host: str, port: int) -> NodeConnection:
         self.dials_started += 1
@@ -207,12 +223,12 @@ class NodeConnectionManager:
             await conn.close()
             raise ConnectionManagerStoppedError("the connection manager stopped while dialling")
         raced = self.get_existing(node_id)
-        if raced is not None:
-            # the node dialled us meanwhile: keep the one already registered
-            self._close_later(conn)
+        if raced is not None and not self._prefer(conn, raced):
+            # the node dialled us meanwhile and its connection is the one both keep
+            self._close_later(conn, self.config.close_grace)
             raced.touch()
             return raced
-        self._add(conn)
+        self._add(conn)  # replaces an incoming loser, which its dialler closes
         return conn
 
     def _dial_done(self, node_id: NodeId, task: asyncio.Task[NodeConnection]) -> None:
@@ -242,9 +258,15 @@ class NodeConnectionManager:
             return None
         existing = self.get_existing(conn.node_id)
         if existing is not None:
-            # One connection per peer: the one already held stays. The new one still
-            # serves whatever its dialler sends until that side lets it go idle.
-            return existing
+            if not self._prefer(conn, existing):
+                # the one held stays; the new one still serves its dialler's calls
+                # until the dialler closes it as the loser
+                return existing
+            self._forget(existing.node_id, existing)
+            if existing.direction == "outgoing":
+                self._close_later(existing, self.config.close_grace)
+            self._add(conn)
+            return conn
         try:
             self._make_room(extra=1)
         except ConnectionLimitReachedError as exc:
@@ -262,6 +284,17 @@ class NodeConnectionManager:
                 conn.touch()
 
     # -- bookkeeping -----------------------------------------------------------------
+
+    def _prefer(self, new: NodeConnection, held: NodeConnection) -> bool:
+        """Whether ``new`` should replace ``held`` (two connections to one peer)."""
+        if new.direction == held.direction:
+            return new.direction == "incoming"  # the peer reconnected: newest wins
+        if self._node_id is None:
+            return False
+        # both ends keep the connection dialled by the smaller node id
+        dialler = self._node_id if new.direction == "outgoing" else new.node_id
+        other = new.node_id if new.direction == "outgoing" else self._node_id
+        return dialler < other
 
     def _check_running(self) -> None:
         if self._stopped:
@@ -332,8 +365,8 @@ class NodeConnectionManager:
             self._forget(node_id, conn)
             self._close_later(conn)
 
-    def _close_later(self, conn: NodeConnection) -> None:
-        task = self._loop.create_task(conn.close())
+    def _close_later(self, conn: NodeConnection, grace: float = 0.0) -> None:
+        task = self._loop.create_task(conn.close(grace))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

@@ -205,8 +205,7 @@ class CallCore:
             if io is None:
                 return
             with contextlib.suppress(Exception):
-                await io.write(data)
-                await io.done_writing()
+                await io.write(data, last=True)
 
         self._sender = self.loop.create_task(send())
 

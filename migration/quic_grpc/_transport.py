@@ -90,7 +90,9 @@ ServerDispatch = Callable[[ServerCallIO], Awaitable[None]]
 class ClientCallIO(Protocol):
     """One outgoing call as the channel side of the adapter drives it."""
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes, *, last: bool = False) -> None:
+        """Send one request; ``last`` also ends the requests (in the same packet)."""
+        ...
 
     async def done_writing(self) -> None: ...
 

@@ -22,7 +22,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from quic_rpc.rpc.call_state import Role
-from quic_rpc.rpc.errors import MessageTooLargeError, ProtocolError, QuicRPCError
+from quic_rpc.rpc.errors import (
+    MessageTooLargeError,
+    ProtocolError,
+    QuicRPCError,
+    RemoteProtocolError,
+)
 from quic_rpc.rpc.events import (
     MessageReceived,
     RequestEnded,
@@ -30,7 +35,7 @@ from quic_rpc.rpc.events import (
     ResponseHeaderReceived,
     TrailerReceived,
 )
-from quic_rpc.rpc.frames import CallKind
+from quic_rpc.rpc.frames import FRAME_HEADER, PREFACE, CallKind
 from quic_rpc.rpc.protocol import CallProtocol
 from quic_rpc.rpc.status import ResetCode, Status, status_for_reset_code
 from quic_rpc.streams import (
@@ -57,6 +62,8 @@ _LOG = logging.getLogger("migration.quic_grpc")
 UNLIMITED = 2**32 - 1
 HEADER_TIMEOUT = 10.0
 """Seconds a server waits for a new stream's request header."""
+STREAM_LINGER = 2.0
+"""Seconds a finished call waits for the peer's end of stream before releasing it."""
 QUEUE_DEPTH = 16
 """Messages buffered per call direction before the reader stops reading (backpressure)."""
 
@@ -96,7 +103,7 @@ class _StreamServerCall:
         stream: ByteStream,
         protocol: CallProtocol,
         header: RequestHeaderReceived,
-        pending: list[Any],
+        leftover: bytes,
     ) -> None:
         self._stream = stream
         self._protocol = protocol
@@ -112,14 +119,15 @@ class _StreamServerCall:
             _streaming_of(header.kind),
         )
         self._queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_DEPTH)
-        for event in pending:
-            self._queue.put_nowait(event)
+        self._leftover = leftover
         self._cancelled = False
         self._trailed = False
         self._callbacks: list[Callable[[], None]] = []
         self._send_lock = asyncio.Lock()
-        self.request_ended = any(e is None for e in pending)
+        self.request_ended = False
         self._ended = False
+        self._single_response = header.kind.single_response
+        self._held = b""
         self.reader = self._loop.create_task(self._read_loop())
 
     @property
@@ -129,7 +137,10 @@ class _StreamServerCall:
     async def _read_loop(self) -> None:
         try:
             while True:
-                data = await self._stream.receive()
+                if self._leftover:
+                    data, self._leftover = self._leftover, b""
+                else:
+                    data = await self._stream.receive()
                 if not data:
                     self._protocol.receive_eof()
                     if not self.request_ended:
@@ -148,12 +159,15 @@ class _StreamServerCall:
         except asyncio.CancelledError:
             raise
 
+    def _wake_reader(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_CANCELLED)
+
     def _cancel(self) -> None:
+        self._wake_reader()
         if self._cancelled or self._trailed:
             return
         self._cancelled = True
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_CANCELLED)
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:
@@ -162,12 +176,13 @@ class _StreamServerCall:
                 _LOG.exception("cancel callback failed")
 
     async def read(self) -> bytes | None:
-        if self._cancelled:
-            raise CallCancelledError("call cancelled")
+        if self._cancelled or self._trailed:
+            raise CallCancelledError("call cancelled or already finished")
         if self._ended:
             return None
         item = await self._queue.get()
-        if item is _CANCELLED or self._cancelled:
+        if item is _CANCELLED or self._cancelled or self._trailed:
+            self._wake_reader()
             raise CallCancelledError("call cancelled")
         if isinstance(item, MessageTooLargeError):
             from ._context import MessageTooLargeError as AdapterTooLarge
@@ -195,6 +210,12 @@ class _StreamServerCall:
         await self._send(lambda: self._protocol.send_response_header(metadata))
 
     async def write(self, data: bytes) -> None:
+        if self._single_response:
+            # the one response goes out with the trailer, in one packet
+            if self._cancelled:
+                raise CallCancelledError("call cancelled")
+            self._held += self._protocol.send_message(data)
+            return
         await self._send(lambda: self._protocol.send_message(data))
 
     async def finish(self, status: CallStatus) -> None:
@@ -204,9 +225,12 @@ class _StreamServerCall:
             if self._trailed:
                 return
             self._trailed = True
+            self._wake_reader()
             try:
+                held, self._held = self._held, b""
                 await self._stream.send(
-                    self._protocol.send_trailer(
+                    held
+                    + self._protocol.send_trailer(
                         Status(status.code), status.details, status.trailing_metadata
                     )
                 )
@@ -237,7 +261,7 @@ async def serve_stream(
         Role.SERVER, max_message_size=UNLIMITED if max_receive is None else max_receive
     )
     header: RequestHeaderReceived | None = None
-    pending: list[Any] = []
+    buffer = b""
     try:
         async with asyncio.timeout(HEADER_TIMEOUT):
             while header is None:
@@ -245,13 +269,22 @@ async def serve_stream(
                 if not data:
                     stream.abort(ResetCode.PROTOCOL_ERROR)
                     return
-                for event in protocol.receive_data(data):
+                buffer += data
+                # decode exactly the preface and the header frame; what follows (messages,
+                # maybe too large ones) is the call's, to be answered with a status
+                start = len(PREFACE)
+                if len(buffer) < start + FRAME_HEADER.size:
+                    continue
+                _type, length = FRAME_HEADER.unpack_from(buffer, start)
+                end = start + FRAME_HEADER.size + length
+                if len(buffer) < end:
+                    continue
+                for event in protocol.receive_data(buffer[:end]):
                     if type(event) is RequestHeaderReceived:
                         header = event
-                    elif type(event) is MessageReceived:
-                        pending.append(event.data)
-                    elif type(event) is RequestEnded:
-                        pending.append(None)
+                buffer = buffer[end:]
+                if header is None:
+                    raise RemoteProtocolError("a call must start with its request header")
     except (TimeoutError, StreamError, QuicRPCError):
         stream.abort(ResetCode.PROTOCOL_ERROR)
         return
@@ -263,7 +296,7 @@ async def serve_stream(
             await stream.send_eof()
         stream.abort(ResetCode.NO_ERROR)
         return
-    call = _StreamServerCall(stream, protocol, header, pending)
+    call = _StreamServerCall(stream, protocol, header, buffer)
     try:
         await dispatch(call)
         if not call.trailed and not call.is_cancelled():
@@ -274,7 +307,7 @@ async def serve_stream(
             stream.abort(ResetCode.CANCEL)
         else:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(call.reader), 2.0)
+                await asyncio.wait_for(asyncio.shield(call.reader), STREAM_LINGER)
             call.reader.cancel()
         with contextlib.suppress(Exception):
             await stream.aclose()
@@ -286,9 +319,10 @@ async def serve_stream(
 class _StreamClientCall:
     """One outgoing call on one stream (implements ClientCallIO)."""
 
-    def __init__(self, stream: ByteStream, protocol: CallProtocol) -> None:
+    def __init__(self, stream: ByteStream, protocol: CallProtocol, header: bytes) -> None:
         self._stream = stream
         self._protocol = protocol
+        self._pending = header
         loop = asyncio.get_running_loop()
         self._initial: asyncio.Future[MetadataTuple] = loop.create_future()
         self._status: asyncio.Future[CallStatus] = loop.create_future()
@@ -348,6 +382,7 @@ class _StreamClientCall:
             self._settle(CallStatus(Status.INTERNAL, f"call stream failed: {exc}"))
 
     async def _after_trailer(self) -> None:
+        """Close our side, read the server's end of stream and release the stream."""
         self._done = True
         async with self._send_lock:
             try:
@@ -359,13 +394,35 @@ class _StreamClientCall:
                     await self._stream.send_eof()
             except (StreamError, ProtocolError):
                 pass
+        try:
+            async with asyncio.timeout(STREAM_LINGER):
+                while await self._stream.receive():
+                    pass
+        except (TimeoutError, StreamError):
+            pass
+        with contextlib.suppress(StreamError):
+            await self._stream.aclose()
 
-    async def write(self, data: bytes) -> None:
+    def _take_pending(self) -> bytes:
+        pending, self._pending = self._pending, b""
+        return pending
+
+    async def flush_header(self) -> None:
+        """Send the request header now (streaming requests start without a message)."""
+        async with self._send_lock:
+            if self._pending:
+                await self._stream.send(self._take_pending())
+
+    async def write(self, data: bytes, *, last: bool = False) -> None:
         async with self._send_lock:
             if self._done:
                 raise CallCancelledError("call already ended")
             try:
-                await self._stream.send(self._protocol.send_message(data))
+                frames = self._take_pending() + self._protocol.send_message(data)
+                if last:
+                    frames += self._protocol.send_request_end()
+                    self._request_ended = True
+                await self._stream.send(frames)
             except (StreamError, ProtocolError) as exc:
                 raise CallCancelledError(str(exc)) from exc
 
@@ -375,7 +432,7 @@ class _StreamClientCall:
                 return
             self._request_ended = True
             with contextlib.suppress(StreamError, ProtocolError):
-                await self._stream.send(self._protocol.send_request_end())
+                await self._stream.send(self._take_pending() + self._protocol.send_request_end())
 
     async def read(self) -> bytes | None:
         if self._ended:
@@ -476,15 +533,18 @@ class StreamClientTransport:
             header = protocol.send_request_header(
                 method, kind_for(streaming), metadata, timeout_us
             )
-            try:
-                await stream.send(header)
-            except ConnectionLostError:
-                await self._drop(opener)
-                stream.abort(ResetCode.CANCEL)
-                if attempt == 2:
-                    raise
-                continue
-            return _StreamClientCall(stream, protocol)
+            call = _StreamClientCall(stream, protocol, header)
+            if streaming[0]:
+                # a streaming request may start with no message: the header goes out now
+                try:
+                    await call.flush_header()
+                except ConnectionLostError:
+                    call.cancel()
+                    await self._drop(opener)
+                    if attempt == 2:
+                        raise
+                    continue
+            return call
         raise ConnectionLostError("could not open a call stream")
 
     async def wait_ready(self) -> None:

@@ -351,12 +351,10 @@ class QUICConnection:
         while (event := engine.next_event()) is not None:
             if isinstance(event, events.StreamDataReceived):
                 stream = self._stream_for_event(event.stream_id)
+                # Data for a stream we already released is dropped; it never counted as
+                # unread, so the connection-level credit already covers it.
                 if stream is not None:
                     stream._on_data(event.data, event.end_stream)
-                else:
-                    # data for a stream we already released: credit it straight back
-                    engine.data_delivered(len(event.data))
-                    engine.data_consumed(event.stream_id, len(event.data))
             elif isinstance(event, events.StreamReset):
                 stream = self._stream_for_event(event.stream_id)
                 if stream is not None:

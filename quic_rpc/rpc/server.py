@@ -2,8 +2,8 @@
 
 Plug :meth:`RPCServer.handle_stream` into a transport as its StreamHandler. For each
 stream the server reads the request header, looks the method up in its manifest, runs
-the handler in its own task (cancelled when the call's cancellation signal fires: peer
-reset, deadline, shutdown) and ends the stream with a trailer or a reset. Exceptions
+the handler in the stream's task (cancelled when the call's cancellation signal fires:
+peer reset, deadline, shutdown) and ends the stream with a trailer or a reset. Exceptions
 become statuses in exactly one place: :meth:`_ServerCall._outcome`.
 """
 
@@ -56,11 +56,6 @@ def connection_key(stream: ByteStream) -> Hashable:
         return key
     p = stream.peer_info
     return (p.transport, p.local_host, p.local_port, p.remote_host, p.remote_port)
-
-
-def _self_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -123,19 +118,25 @@ class RPCServer:
             await self._refuse(stream)
             return
         self._connections[key] = active + 1
-        call = _ServerCall(self, stream)
+        call = _ServerCall(self, stream, key)
         self._calls.add(call)
         try:
             await call.run()
         finally:
-            self._calls.discard(call)
-            left = self._connections[key] - 1
-            if left:
-                self._connections[key] = left
-            else:
-                del self._connections[key]
-            if not self._calls and self._idle is not None:
-                self._idle.set()
+            self._release(call)
+
+    def _release(self, call: _ServerCall) -> None:
+        """The call has ended (it may still linger): free its slot. Idempotent."""
+        if call not in self._calls:
+            return
+        self._calls.discard(call)
+        left = self._connections[call.connection_key] - 1
+        if left:
+            self._connections[call.connection_key] = left
+        else:
+            del self._connections[call.connection_key]
+        if not self._calls and self._idle is not None:
+            self._idle.set()
 
     async def _refuse(self, stream: ByteStream) -> None:
         limit = self.config.max_concurrent_calls_per_connection
@@ -230,12 +231,14 @@ class _ServerCall:
         "_task",
         "_timer",
         "_torn_write",
+        "connection_key",
     )
 
-    def __init__(self, server: RPCServer, stream: ByteStream) -> None:
+    def __init__(self, server: RPCServer, stream: ByteStream, key: Hashable = None) -> None:
         cfg = server.config
         self._server = server
         self._stream = stream
+        self.connection_key = key
         self._proto = CallProtocol(
             Role.SERVER,
             max_message_size=cfg.max_receive_message_size,
@@ -293,6 +296,7 @@ class _ServerCall:
                 self._end_interruptible()
                 outcome = self._outcome(self._cause)
             await self._finish(outcome)
+            self._server._release(self)
             await self._linger()
         except BaseException:
             self._interruptible = False
@@ -344,9 +348,15 @@ class _ServerCall:
         self._cause = cause
         if self._ctx is not None:
             self._ctx.cancelled._fire(cause)
-        if self._interruptible and not self._interrupt_requested and self._task is not None:
+        task = self._task
+        if (
+            self._interruptible
+            and not self._interrupt_requested
+            and task is not None
+            and task is not asyncio.current_task()  # from inside, the error is seen already
+        ):
             self._interrupt_requested = True
-            self._task.cancel()
+            task.cancel()
 
     def abort(self, code: int) -> None:
         """Abort the stream in both directions (last resort)."""

@@ -276,3 +276,47 @@ async def test_stop_under_load(make_agent: AgentFactory) -> None:
         await manager.get_connection(b.node_id, b.host, b.port)
     with pytest.raises(AgentError):
         await a.connect(b.node_id, b.host, b.port)
+
+
+def _one_shared_connection(a: Any, b: Any) -> bool:
+    held_a = a.connection_manager.get_existing(b.node_id)
+    held_b = b.connection_manager.get_existing(a.node_id)
+    return (
+        held_a is not None
+        and held_b is not None
+        and len(a.socket.connections) == 1
+        and len(b.socket.connections) == 1
+        and held_a.quic_connection in a.socket.connections
+        and held_b.quic_connection in b.socket.connections
+    )
+
+
+@pytest.mark.parametrize("attempt", range(3))
+async def test_simultaneous_dials_settle_on_one_connection(
+    make_agent: AgentFactory, attempt: int
+) -> None:
+    a, b = await make_agent(), await make_agent()
+    ab, ba = await asyncio.gather(
+        a.connect(b.node_id, b.host, b.port), b.connect(a.node_id, a.host, a.port)
+    )
+    assert await echo(ab) == "x" and await echo(ba) == "x"
+    assert await settle(lambda: _one_shared_connection(a, b))
+    held_a = a.connection_manager.get_existing(b.node_id)
+    held_b = b.connection_manager.get_existing(a.node_id)
+    assert held_a is not None and held_b is not None
+    # both hold the same QUIC connection: the one the smaller node id dialled
+    assert held_a.quic_connection.local_address[1] == held_b.port
+    expected = "outgoing" if a.node_id < b.node_id else "incoming"
+    assert held_a.direction == expected
+    assert await echo(held_a, "a") == "a" and await echo(held_b, "b") == "b"
+
+
+async def test_stop_while_dialling_fails_the_dial_cleanly(make_agent: AgentFactory) -> None:
+    a = await make_agent()
+    async with QUICSocket("127.0.0.1", 0) as silent:  # nobody answers: the dial hangs
+        stranger = NodeIdentity.generate().node_id
+        dialling = asyncio.ensure_future(a.connect(stranger, "127.0.0.1", silent.local_address[1]))
+        assert await settle(lambda: a.connection_manager.dials_started == 1)
+        await a.stop()
+        with pytest.raises(AgentError, match="stopped while connecting"):
+            await dialling

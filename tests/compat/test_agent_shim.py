@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("agent.servicer")
 
-from agent.connection_info import ConnectionInfo  # noqa: E402
-from agent.domains import (  # noqa: E402
+from agent.connection_info import ConnectionInfo
+from agent.domains import (
     AgentState,
     ClaimStore,
     NodeAddress,
@@ -26,15 +26,15 @@ from agent.domains import (  # noqa: E402
     VaultStore,
     verify_cross_signed,
 )
-from agent.identity import NodeIdentity  # noqa: E402
-from agent.nodeid import NodeId  # noqa: E402
-from agent.servicer import AgentServicer, request_cross_sign  # noqa: E402
-from migration import quic_grpc as grpc  # noqa: E402
-from protos.agent.v1 import agent_service_pb2 as pb  # noqa: E402
-from protos.agent.v1 import agent_service_pb2_grpc as _pb_grpc  # noqa: E402
-from protos.agent.v1 import common_pb2 as common  # noqa: E402
+from agent.identity import NodeIdentity
+from agent.nodeid import NodeId
+from agent.servicer import AgentServicer, request_cross_sign
+from migration import quic_grpc as grpc
+from protos.agent.v1 import agent_service_pb2 as pb
+from protos.agent.v1 import agent_service_pb2_grpc as _pb_grpc
+from protos.agent.v1 import common_pb2 as common
 
-from .pki import PKI  # noqa: E402
+from .pki import PKI
 
 pb_grpc: Any = _pb_grpc
 pytestmark = pytest.mark.timeout(120)

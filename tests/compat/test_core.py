@@ -297,3 +297,64 @@ async def test_closed_channel_is_a_usage_error() -> None:
     await channel.close()
     with pytest.raises(quic_grpc.UsageError):
         channel.unary_unary("/t.Echo/Reverse")(b"x")
+
+
+def test_sync_handler_blocked_reading_is_released_at_deadline() -> None:
+    """A servicer thread waiting for the next request is freed when the deadline passes."""
+    released = []
+
+    def collect(request_iterator: Any, context: Any) -> bytes:
+        try:
+            return b"".join(request_iterator)
+        except Exception as exc:  # the iterator raises once the call is over
+            released.append(type(exc).__name__)
+            raise
+
+    def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    handlers = quic_grpc.method_handlers_generic_handler(
+        "t.Block",
+        {
+            "Collect": quic_grpc.stream_unary_rpc_method_handler(collect),
+            "Echo": quic_grpc.unary_unary_rpc_method_handler(echo),
+        },
+    )
+    gate = __import__("threading").Event()
+
+    def requests() -> Any:
+        yield b"first"
+        gate.wait(10)
+
+    with ThreadPoolExecutor(1) as pool:
+        server = quic_grpc.server(pool, handlers=[handlers])
+        with testing.memory_channel(server) as channel:
+            with pytest.raises(quic_grpc.RpcError) as info:
+                channel.stream_unary("/t.Block/Collect")(requests(), timeout=0.3)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            # the only worker thread is free again
+            assert channel.unary_unary("/t.Block/Echo")(b"next", timeout=10) == b"next"
+        gate.set()
+        server.stop(None).wait(5)
+    assert released
+
+
+@pytest.mark.parametrize(
+    ("address", "target"),
+    [("localhost:0", "localhost:{port}"), ("127.0.0.1:0", "ipv4:127.0.0.1:{port}"),
+     ("[::1]:0", "[::1]:{port}")],
+)
+async def test_bind_addresses_and_targets(address: str, target: str, pki: Any) -> None:
+    server = quic_grpc.aio.server(handlers=[_echo_handlers(quic_grpc, aio=True)])
+    port = server.add_secure_port(
+        address, quic_grpc.ssl_server_credentials([(pki.server_key_pem, pki.server_chain_pem)])
+    )
+    assert port > 0
+    await server.start()
+    try:
+        async with quic_grpc.aio.secure_channel(
+            target.format(port=port), quic_grpc.ssl_channel_credentials(pki.ca_pem)
+        ) as channel:
+            assert await channel.unary_unary("/t.Echo/Reverse")(b"ab", timeout=10) == b"ba"
+    finally:
+        await server.stop(None)

@@ -185,9 +185,10 @@ GRPCIO_ABSENT_SCRIPT = textwrap.dedent(
         with open(CA, "rb") as f: ca = f.read()
         server = grpc.aio.server()
         descriptor.add_servicer_to_server(SERVICE, Servicer(), server)
-        port = server.add_secure_port("[::]:0", grpc.ssl_server_credentials([(key, chain)]))
+        port = server.add_secure_port("[::1]:0", grpc.ssl_server_credentials([(key, chain)]))
         await server.start()
-        async with grpc.aio.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(ca)) as ch:
+        target = f"ipv6:[::1]:{port}"
+        async with grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca)) as ch:
             stub = descriptor.stub_class(SERVICE)(ch)
             call = stub.Unary(pb2.EchoRequest(payload=b"free"))
             assert (await call).payload == b"free"

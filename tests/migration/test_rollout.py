@@ -98,19 +98,19 @@ CHOICE_TABLE: list[tuple[RolloutStage, tuple[str, ...], tuple[str, ...], tuple[s
     (LEGACY, ("grpc",), ("grpc",), ()),
     (LEGACY, ("quic",), NONE, ()),
     (LEGACY, ("grpc", "quic"), ("grpc",), ()),
-    (LEGACY, (), NONE, ()),
+    (LEGACY, (), ("grpc",), ()),  # advertises nothing: an old grpc-only peer
     (DUAL, ("grpc",), ("grpc",), ()),
     (DUAL, ("quic",), NONE, ()),
     (DUAL, ("grpc", "quic"), ("grpc",), ()),
-    (DUAL, (), NONE, ()),
+    (DUAL, (), ("grpc",), ()),  # advertises nothing: an old grpc-only peer
     (PREFERRED, ("grpc",), ("grpc",), ("quic",)),
     (PREFERRED, ("quic",), ("quic",), ("grpc",)),
     (PREFERRED, ("grpc", "quic"), ("quic", "grpc"), ()),
-    (PREFERRED, (), NONE, ()),
+    (PREFERRED, (), ("grpc",), ("quic",)),  # advertises nothing: an old grpc-only peer
     (ONLY, ("grpc",), NONE, ()),
     (ONLY, ("quic",), ("quic",), ()),
     (ONLY, ("grpc", "quic"), ("quic",), ()),
-    (ONLY, (), NONE, ()),
+    (ONLY, (), NONE, ()),  # advertises nothing: an old grpc-only peer
 ]
 
 
@@ -142,7 +142,14 @@ def test_transport_choice(
         assert plan.stage is stage
         assert plan.reason.startswith(stage.value)
         # A dialler never waits on a transport the peer lacks.
-        assert set(plan.transports) <= set(advertised)
+        assert set(plan.transports) <= (set(advertised) or {"grpc"})
+
+
+def test_unknown_transports_only_is_not_assumed_grpc() -> None:
+    with pytest.raises(NoCommonTransportError, match="serves \\[nothing\\]"):
+        TransportChooser(DUAL).choose(["webtransport"])
+    plan = TransportChooser(PREFERRED).choose([])
+    assert plan.transports == ("grpc",) and "advertises no transports" in plan.reason
 
 
 def test_reasons_say_why() -> None:
@@ -221,6 +228,35 @@ def test_state_persists_changes_and_history(tmp_path: Path) -> None:
         "reason": "canary looks good",
     }
     assert [p.name for p in tmp_path.iterdir()] == [ROLLOUT_FILE_NAME]  # no temp files left
+
+
+def test_concurrent_advances_are_serialised(tmp_path: Path) -> None:
+    import threading
+
+    state = RolloutState.load(tmp_path)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def advance(index: int) -> None:
+        try:
+            change = state.advance(f"worker {index}")
+            result = f"{change.previous}->{change.stage}"
+        except StageLimitError:
+            result = "limit"
+        with lock:
+            outcomes.append(result)
+
+    workers = [threading.Thread(target=advance, args=(i,)) for i in range(8)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert sorted(outcomes) == sorted(
+        ["legacy->dual", "dual->quic-preferred", "quic-preferred->quic-only"] + ["limit"] * 5
+    )
+    reloaded = RolloutState.load(tmp_path)
+    assert reloaded.stage is ONLY
+    assert [c.stage for c in reloaded.history] == [DUAL, PREFERRED, ONLY]
 
 
 def test_limits_do_not_write(tmp_path: Path) -> None:

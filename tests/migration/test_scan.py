@@ -169,6 +169,26 @@ def test_single_file_and_alias_forms() -> None:
     ]
 
 
+def test_context_calls_in_closures() -> None:
+    source = (
+        "import grpc\n"
+        "def Get(request, context):\n"
+        "    def deny():\n"
+        "        context.abort(grpc.StatusCode.PERMISSION_DENIED, 'no')\n"
+        "    def other(context=None):\n"
+        "        return context\n"
+        "    def unrelated(ctx):\n"
+        "        ctx.peer()\n"  # ctx is neither named context nor typed: not reported
+        "    deny()\n"
+    )
+    found = [(f.line, f.category, f.symbol) for f in scan_source(source)]
+    assert found == [
+        (1, Category.IMPORT, "grpc"),
+        (4, Category.CONTEXT, "context.abort"),
+        (4, Category.STATUS, "grpc.StatusCode.PERMISSION_DENIED"),
+    ]
+
+
 def test_coverage_is_read_from_the_adapter() -> None:
     coverage = adapter_coverage()
     assert coverage.grpc == frozenset(quic_grpc.__all__)
@@ -269,3 +289,29 @@ def test_cli_json_single_clean_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True
     assert {f["path"] for f in data["findings"]} == {"clean.py"}
+
+
+def test_cli_in_a_subprocess_without_grpc(sample: Path) -> None:
+    """The scan runs where grpcio is not installed (the quic-only end state) and gives
+    the same verdicts: coverage comes from the adapter, which works without grpcio."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['grpc'] = None\n"
+        "sys.modules['legacy_grpc'] = None\n"
+        "from agent.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "scan", "--json", str(sample)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["summary"]["by_verdict"] == {C: 19, CH: 15, U: 7}

@@ -819,3 +819,29 @@ async def test_cancellation_signal_wait(rpc_transport: RPCTransport) -> None:
     with pytest.raises(RPCError):
         await client.unary("/w", b"", timeout=0.1)
     await asyncio.wait_for(woke.wait(), WAIT)
+
+
+async def test_raw_client_cancel_reaches_reading_handler(rpc_transport: RPCTransport) -> None:
+    outcome: list[BaseException] = []
+    done = asyncio.Event()
+
+    async def reader(stream: RawStream, ctx: ServerCallContext) -> None:
+        await stream.send(b"ready")
+        try:
+            while await stream.receive():
+                pass
+        except BaseException as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            done.set()
+
+    _, client = await rpc_transport.serve({"/r": raw(reader)})
+    call = client.raw("/r")
+    async with call:
+        await call.send(b"some")
+        assert await call.receive() == b"ready"
+        call.cancel()
+    await asyncio.wait_for(done.wait(), WAIT)
+    assert outcome and isinstance(outcome[0], StreamResetError | asyncio.CancelledError)
+    assert call.status is Status.CANCELLED
