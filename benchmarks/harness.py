@@ -158,11 +158,9 @@ def _child_main(argv: list[str] | None = None) -> None:
         return
     import cProfile
 
-    import time as _time
-
     # CPU time, not wall time: on a busy machine a syscall that wakes the peer process
     # (sendto on loopback) otherwise "takes" as long as this process stays preempted.
-    profiler = cProfile.Profile(_time.process_time)
+    profiler = cProfile.Profile(time.process_time)
     profiler.enable()
     try:
         asyncio.run(coro)

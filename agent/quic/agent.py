@@ -106,9 +106,7 @@ class Agent:
         self._port = port
         self._public_host = public_host or _UNSPECIFIED.get(host, host)
         self._quic_config = quic_config if quic_config is not None else QUICConfig()
-        self._manager_config = (
-            connections if connections is not None else ConnectionManagerConfig()
-        )
+        self._manager_config = connections if connections is not None else ConnectionManagerConfig()
         self._rpc_server_config = (
             rpc_server_config
             if rpc_server_config is not None

@@ -14,7 +14,18 @@ Differences from grpcio, by design:
   ``credentials=`` (call credentials) are accepted and ignored.
 * Message size limits (``grpc.max_receive_message_length`` default 4 MiB,
   ``grpc.max_send_message_length``) and ``grpc.ssl_target_name_override`` are honoured;
+  ``("quicshift.quic_config", QUICConfig(...))`` sets the QUIC transport's configuration;
   other channel/server options are accepted and ignored.
+* ``context.peer()`` uses grpcio's format (``ipv4:127.0.0.1:5``, ``ipv6:%5B::1%5D:5``);
+  ``context.peer_info()`` (extension) gives the transport's full peer description,
+  including the identity a custom verifier returned. An aio server's
+  ``add_secure_port(..., 0)`` reserves a free port at once and binds it in ``start()``.
+* Wire: quic_rpc's protocol (one QUIC stream per call), so adapter peers and native
+  quic_rpc peers (``RPCServer`` / ``RPCClient``) call each other.
+
+Submodules: :mod:`.aio` (``grpc.aio``), :mod:`.descriptor` (services bound from protobuf
+descriptors, grpcio-free), :mod:`.health` (``grpc.health.v1``), :mod:`.testing`
+(in-memory channels for users' tests).
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ class CallCore:
         self._settled = asyncio.Event()
         self.cancelled_locally = False
         self._open_task = self.loop.create_task(self._open(transport, metadata))
+        self._open_task.add_done_callback(_retrieve)
         if self.deadline is not None:
             self._timer = self.loop.call_at(self.deadline, self._on_deadline)
 
@@ -336,6 +337,12 @@ class CallCore:
 
     def code(self) -> StatusCode | None:
         return None if self.status is None else code_from_number(self.status.code)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a task's exception as seen (the status already carries it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _describe(exc: BaseException) -> str:

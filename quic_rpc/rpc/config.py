@@ -41,7 +41,9 @@ class RPCServerConfig:
     * ``handler_timeout`` (None): an upper bound on every call's duration; the server
       uses the tighter of it, the handler's own ``timeout`` and the client's deadline.
     * ``header_timeout`` (10 s): a stream must deliver its request header within this.
-    * ``request_buffer_size`` (16): request messages read ahead of a streaming handler.
+    * ``request_buffer_size`` (16): request messages read ahead of a streaming handler
+      (backpressure: past it the server stops reading, so a client's reset is noticed
+      once the handler has drained them).
     * ``receive_chunk_size`` (64 KiB): bytes asked of the transport per read.
     * ``shutdown_timeout`` (5 s): how long ``stop()`` waits for cancelled handlers to
       finish before it aborts their streams.

@@ -30,14 +30,15 @@ def validate_metadata_pair(key: object, value: object) -> None:
     """Raise :class:`InvalidMetadataError` unless ``(key, value)`` is valid metadata."""
     if not isinstance(key, str):
         raise InvalidMetadataError(f"metadata key must be str, got {type(key).__name__}")
+    if key.startswith(RESERVED_PREFIXES):
+        raise InvalidMetadataError(
+            f"metadata key {key!r} is reserved for the protocol "
+            f"(prefixes {', '.join(repr(p) for p in RESERVED_PREFIXES)})"
+        )
     if not key or len(key) > MAX_KEY_LENGTH or _KEY_RE.fullmatch(key) is None:
         raise InvalidMetadataError(
             f"invalid metadata key {key!r}: keys are 1-{MAX_KEY_LENGTH} characters of "
             "lower-case ASCII letters, digits, '-', '_' and '.'"
-        )
-    if key.startswith(RESERVED_PREFIXES):
-        raise InvalidMetadataError(
-            f"metadata key {key!r} is reserved (prefixes {', '.join(RESERVED_PREFIXES)})"
         )
     if key.endswith("-bin"):
         if not isinstance(value, bytes | bytearray | memoryview):

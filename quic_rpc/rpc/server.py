@@ -587,7 +587,10 @@ class _ServerCall:
     async def send_initial_metadata(self, metadata: Metadata) -> None:
         if self._finished or self._proto.state.response not in _ACCEPTING:
             raise LocalProtocolError("initial metadata can only be sent before any response")
-        await self._stream.send(self._proto.send_response_header(metadata))
+        data = self._proto.send_response_header(metadata)
+        self._torn_write = True
+        await self._stream.send(data)
+        self._torn_write = False
 
     async def _accept_raw(self) -> None:
         if self._proto.state.response is ResponseState.RAW_IDLE:

@@ -100,9 +100,7 @@ async def test_vault_pull_past_its_deadline_stops_the_archive(
 async def test_server_handler_timeout_bounds_every_call(
     make_agent: AgentFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, conn = await vault_pair(
-        make_agent, rpc_server_config=RPCServerConfig(handler_timeout=0.5)
-    )
+    a, conn = await vault_pair(make_agent, rpc_server_config=RPCServerConfig(handler_timeout=0.5))
     spy = spy_on_archive(a, monkeypatch)
     call = conn.stub.VaultsPull(pb.VaultsPullRequest(vault_name=VAULT))  # no client deadline
     assert (await call.read()).chunk

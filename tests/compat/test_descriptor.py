@@ -179,6 +179,47 @@ GRPCIO_ABSENT_SCRIPT = textwrap.dedent(
             async for request in request_iterator:
                 yield pb2.EchoResponse(payload=request.payload)
 
+    def sync_api(key, chain, ca):
+        from concurrent.futures import ThreadPoolExecutor
+
+        def unary(request, context):
+            if request.code_name:
+                context.abort(grpc.StatusCode.NOT_FOUND, "sync " + request.details)
+            return pb2.EchoResponse(payload=request.payload[::-1])
+
+        def stream(request, context):
+            for i in range(request.count):
+                yield pb2.EchoResponse(index=i)
+
+        class SyncServicer:
+            Unary = staticmethod(unary)
+            ServerStream = staticmethod(stream)
+
+        with ThreadPoolExecutor(4) as pool:
+            server = grpc.server(pool)
+            descriptor.add_servicer_to_server(SERVICE, SyncServicer(), server)
+            port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, chain)]))
+            server.start()
+            with grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(ca)) as ch:
+                stub = descriptor.stub_class(SERVICE)(ch)
+                assert stub.Unary(pb2.EchoRequest(payload=b"abc"), timeout=10).payload == b"cba"
+                assert [r.index for r in stub.ServerStream(pb2.EchoRequest(count=2))] == [0, 1]
+                try:
+                    stub.Unary(pb2.EchoRequest(code_name="X", details="gone"), timeout=10)
+                except grpc.RpcError as error:
+                    assert isinstance(error, grpc.Call) and isinstance(error, grpc.Future)
+                    assert error.code() is grpc.StatusCode.NOT_FOUND
+                    assert error.details() == "sync gone"
+                else:
+                    raise AssertionError("expected an error")
+                try:
+                    stub.ClientStream(iter([]), timeout=10)
+                except grpc.RpcError as error:
+                    assert error.code() is grpc.StatusCode.UNIMPLEMENTED
+                else:
+                    raise AssertionError("expected UNIMPLEMENTED")
+            server.stop(None).wait(10)
+
     async def main():
         with open(KEY, "rb") as f: key = f.read()
         with open(CHAIN, "rb") as f: chain = f.read()
@@ -205,6 +246,7 @@ GRPCIO_ABSENT_SCRIPT = textwrap.dedent(
             else:
                 raise AssertionError("expected an error")
         await server.stop(None)
+        await asyncio.to_thread(sync_api, key, chain, ca)
         assert "grpc" not in {name.split(".")[0] for name, mod in sys.modules.items() if mod is not None}
         print("GRPCIO-FREE OK")
 

@@ -476,3 +476,22 @@ def _has_ipv6() -> bool:
     except OSError:
         return False
     return True
+
+
+async def test_quic_client_tracks_and_closes_its_connections(
+    make_socket, server_creds, client_creds
+) -> None:
+    from quic_rpc.quic import QUICClient
+
+    ssock = await make_socket()
+    server = QUICServer(ssock, server_creds, QUICConfig(), echo_handler)
+    await server.start()
+    client = QUICClient(await make_socket(), client_creds, QUICConfig())
+    first = await client.connect(*ssock.local_address)
+    second = await client.connect("localhost", ssock.local_address[1], server_name="localhost")
+    assert set(client.connections) == {first, second}
+    assert await request(second, b"via name") == b"via name"
+    await client.close()
+    assert client.connections == []
+    assert first.is_closed and second.is_closed
+    await server.stop()

@@ -100,3 +100,18 @@ def test_quic_rpc_imports_with_grpc_unimportable() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+async def test_serve_in_memory_helper() -> None:
+    from quic_rpc.rpc.testing import serve_in_memory
+
+    async def whoami(request: bytes, ctx: rpc.ServerCallContext) -> bytes:
+        assert ctx.peer_info is not None
+        return str(ctx.peer_info.identity).encode()
+
+    async with serve_in_memory({"/who": rpc.unary(whoami)}, client_identity="node-a") as (
+        server,
+        client,
+    ):
+        assert await client.unary("/who", b"") == b"node-a"
+        assert server.active_calls == 0

@@ -11,6 +11,7 @@ import pytest
 from quic_rpc.rpc import (
     CallDetails,
     CallKind,
+    CallProtocol,
     DuplexCall,
     JSONSerializer,
     Metadata,
@@ -20,6 +21,7 @@ from quic_rpc.rpc import (
     Proceed,
     RawStream,
     ResetCode,
+    Role,
     RPCClientConfig,
     RPCError,
     RPCServer,
@@ -845,3 +847,61 @@ async def test_raw_client_cancel_reaches_reading_handler(rpc_transport: RPCTrans
     await asyncio.wait_for(done.wait(), WAIT)
     assert outcome and isinstance(outcome[0], StreamResetError | asyncio.CancelledError)
     assert call.status is Status.CANCELLED
+
+
+async def test_connection_loss_is_unavailable(rpc_transport: RPCTransport) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def sleeper(request: bytes, ctx: ServerCallContext) -> bytes:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cancelled.set()
+        return b""
+
+    _, client = await rpc_transport.serve({"/sleep": unary(sleeper)})
+    call = asyncio.ensure_future(client.unary("/sleep", b""))
+    await asyncio.wait_for(started.wait(), WAIT)
+    aclose = getattr(client.opener, "aclose", None)
+    if aclose is None:
+        pytest.skip("this transport's opener cannot be closed")
+    await aclose()
+    with pytest.raises(RPCError) as info:
+        await asyncio.wait_for(call, WAIT)
+    assert info.value.status is Status.UNAVAILABLE
+    await asyncio.wait_for(cancelled.wait(), WAIT)
+    with pytest.raises(RPCError) as info:
+        await client.unary("/sleep", b"")
+    assert info.value.status is Status.UNAVAILABLE
+
+
+async def test_interrupted_write_ends_with_a_reset(rpc_transport: RPCTransport) -> None:
+    """A handler cancelled while a response frame is half sent cannot send a trailer (it
+    would be read as message bytes): the stream is reset with the status's code."""
+    cancelled = asyncio.Event()
+
+    async def flood(request: bytes, ctx: ServerCallContext) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"x" * (1024 * 1024)
+        finally:
+            cancelled.set()
+
+    server = RPCServer({"/flood": server_streaming(flood, timeout=0.2)})
+    opener = await rpc_transport.attach(server.handle_stream)
+    stream = await opener.open_stream()
+    protocol = CallProtocol(Role.CLIENT)
+    await stream.send(
+        protocol.send_request_header("/flood", CallKind.SERVER_STREAMING)
+        + protocol.send_message(b"")
+        + protocol.send_request_end()
+    )
+    await asyncio.wait_for(cancelled.wait(), WAIT)  # blocked by flow control, then timed out
+    with pytest.raises(StreamResetError) as info:
+        while await stream.receive():
+            pass
+    assert info.value.code == ResetCode.DEADLINE_EXCEEDED
+    await stream.aclose()
+    await server.stop(0)
