@@ -79,6 +79,7 @@ __all__ = [
     "CrossSignError",
     "HolePunchRelay",
     "HolePunchRelayError",
+    "HolePunchTarget",
     "RequesterAddress",
     "ServicerContextLike",
     "node_id_from_proto",
@@ -112,10 +113,15 @@ class RequesterAddress:
     address: NodeAddress
 
 
-HolePunchRelay = Callable[[NodeId, RequesterAddress], Awaitable[None]]
+HolePunchRelay = Callable[[NodeId, RequesterAddress], Awaitable[NodeAddress | None]]
 """``hole_punch_relay(target_node_id, requester)``: tell ``target`` to punch towards the
-requester. Raises :class:`HolePunchRelayError` (→ UNAVAILABLE) if the target cannot be
-reached, LookupError (→ NOT_FOUND) if it is unknown."""
+requester; returns the target's address as this node sees it, if known. Raises
+:class:`HolePunchRelayError` (→ UNAVAILABLE) if the target cannot be reached,
+LookupError (→ NOT_FOUND) if it is unknown."""
+
+HolePunchTarget = Callable[[RequesterAddress, NodeId], Awaitable[None]]
+"""``hole_punch_target(requester, signaller)``: this node is the target of a hole punch
+that ``signaller`` forwarded; start punching towards ``requester`` (do not wait for it)."""
 
 
 class HolePunchRelayError(Exception):
@@ -299,6 +305,7 @@ class AgentServicer(_ServicerBase):
         vaults: VaultStore,
         connection_info: ConnectionInfoGetter,
         hole_punch_relay: HolePunchRelay | None = None,
+        hole_punch_target: HolePunchTarget | None = None,
         vault_chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         if vault_chunk_size < 1:
@@ -310,6 +317,7 @@ class AgentServicer(_ServicerBase):
         self._vaults = vaults
         self._connection_info = connection_info
         self._hole_punch_relay = hole_punch_relay
+        self._hole_punch_target = hole_punch_target
         self._chunk_size = vault_chunk_size
 
     @property
@@ -336,6 +344,8 @@ class AgentServicer(_ServicerBase):
         self, request: pb.HolePunchSignalRequest, context: ServicerContextLike
     ) -> pb.HolePunchSignalResponse:
         caller = await self._caller(context)
+        if request.HasField("requester"):
+            return await self._hole_punch_requested(request, caller, context)
         async with _domain_errors(context):
             target = _required_node_id(request, "target", "target node id")
             if target == caller.remote_node_id:
@@ -361,11 +371,52 @@ class AgentServicer(_ServicerBase):
                 raise NotFoundError(f"node {target} is not known to this node")
         requester = RequesterAddress(node_id=caller.remote_node_id, address=address)
         try:
-            await relay(target, requester)
+            target_address = await relay(target, requester)
         except HolePunchRelayError as exc:
             await context.abort(StatusCode.UNAVAILABLE, f"cannot reach node {target}: {exc}")
         except LookupError:
             await context.abort(StatusCode.NOT_FOUND, f"node {target} is not known to this node")
+        reply = pb.HolePunchSignalResponse(
+            requester_address=common.NodeAddress(
+                host=address.host, port=address.port, transports=list(address.transports)
+            )
+        )
+        if isinstance(target_address, NodeAddress):
+            reply.target_address.CopyFrom(
+                common.NodeAddress(
+                    host=target_address.host,
+                    port=target_address.port,
+                    transports=list(target_address.transports),
+                )
+            )
+        return reply
+
+    async def _hole_punch_requested(
+        self,
+        request: pb.HolePunchSignalRequest,
+        caller: ConnectionInfo,
+        context: ServicerContextLike,
+    ) -> pb.HolePunchSignalResponse:
+        """A signalling node (the caller) forwards a hole punch: we are its target."""
+        async with _domain_errors(context):
+            target = _required_node_id(request, "target", "target node id")
+            if target != self.node_id:
+                raise InvalidInputError("a forwarded hole punch must target the callee")
+            info = request.requester
+            requester_id = _required_node_id(info, "node_id", "requester node id")
+            if requester_id in (self.node_id, caller.remote_node_id):
+                raise InvalidInputError("the requester must be a third node")
+            if len(info.addresses) != 1:
+                raise InvalidInputError("the requester needs exactly one address")
+            wire = info.addresses[0]
+            address = NodeAddress(
+                host=wire.host, port=wire.port, transports=tuple(wire.transports)
+            )
+            punch = self._hole_punch_target
+            if punch is None:
+                await context.abort(StatusCode.UNIMPLEMENTED, "this node does not hole punch")
+        requester = RequesterAddress(node_id=requester_id, address=address)
+        await punch(requester, caller.remote_node_id)
         return pb.HolePunchSignalResponse(
             requester_address=common.NodeAddress(
                 host=address.host, port=address.port, transports=list(address.transports)

@@ -23,7 +23,7 @@ import functools
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -116,8 +116,11 @@ class NodeConnectionManager:
         stream_handler: StreamHandler | None = None,
         rpc_config: RPCClientConfig | None = None,
         node_id: NodeId | None = None,
+        on_connection_added: Callable[[NodeConnection], None] | None = None,
     ) -> None:
         """``credentials``: our key and chain (the verifier is set per dial).
+        ``on_connection_added`` is called with each connection the manager starts holding
+        (dialled or incoming).
         ``stream_handler`` serves the calls peers make over connections we dialled.
         ``node_id``: this node's id, which settles simultaneous dials (without it, the
         connection registered first stays)."""
@@ -128,6 +131,7 @@ class NodeConnectionManager:
         self.config = config if config is not None else ConnectionManagerConfig()
         self._stream_handler = stream_handler
         self._rpc_config = rpc_config
+        self._on_connection_added = on_connection_added
         self._loop = asyncio.get_running_loop()
         # most recently used last
         self._connections: OrderedDict[NodeId, NodeConnection] = OrderedDict()
@@ -175,14 +179,17 @@ class NodeConnectionManager:
 
     # -- dialling --------------------------------------------------------------------
 
-    async def get_connection(self, node_id: NodeId, host: str, port: int) -> NodeConnection:
+    async def get_connection(
+        self, node_id: NodeId, host: str, port: int, *, dial_timeout: float | None = None
+    ) -> NodeConnection:
         """The open connection to ``node_id``, or a new one dialled to ``host:port``.
 
         An open connection is reused whatever address it was made on (the node is the
         same: its id was verified). Concurrent calls for one node share one dial.
         Raises :class:`~agent.quic.ConnectionFailedError` subclasses if the dial fails,
         :class:`ConnectionLimitReachedError` if no slot can be freed and
-        :class:`ConnectionManagerStoppedError` once stopped.
+        :class:`ConnectionManagerStoppedError` once stopped. ``dial_timeout`` bounds a new
+        dial (default ``config.connect_timeout``).
         """
         self._check_running()
         existing = self.get_existing(node_id)
@@ -192,7 +199,7 @@ class NodeConnectionManager:
         dial = self._dials.get(node_id)
         if dial is None:
             self._make_room(extra=1)
-            dial = self._loop.create_task(self._dial(node_id, host, port))
+            dial = self._loop.create_task(self._dial(node_id, host, port, dial_timeout))
             self._dials[node_id] = dial
             dial.add_done_callback(functools.partial(self._dial_done, node_id))
         try:
@@ -205,7 +212,9 @@ class NodeConnectionManager:
                 ) from None
             raise
 
-    async def _dial(self, node_id: NodeId, host: str, port: int) -> NodeConnection:
+    async def _dial(
+        self, node_id: NodeId, host: str, port: int, dial_timeout: float | None = None
+    ) -> NodeConnection:
         self.dials_started += 1
         conn = await NodeConnection.connect(
             node_id,
@@ -214,7 +223,7 @@ class NodeConnectionManager:
             self._socket,
             self._credentials,
             config=self._quic_config,
-            timeout=self.config.connect_timeout,
+            timeout=self.config.connect_timeout if dial_timeout is None else dial_timeout,
             stream_handler=self._stream_handler,
             rpc_config=self._rpc_config,
             on_activity=self._on_activity,
@@ -304,6 +313,11 @@ class NodeConnectionManager:
         self._connections[conn.node_id] = conn
         self._connections.move_to_end(conn.node_id)
         self._arm(conn.node_id, conn.last_used + self.config.idle_ttl)
+        if self._on_connection_added is not None:
+            try:
+                self._on_connection_added(conn)
+            except Exception:
+                _log.exception("on_connection_added failed for %r", conn)
 
     def _on_activity(self, conn: NodeConnection) -> None:
         if self._connections.get(conn.node_id) is conn:

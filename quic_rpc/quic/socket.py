@@ -126,6 +126,8 @@ class QUICSocket:
         self._reset_tokens = float(_RESET_RATE)
         self._reset_refill = 0.0
         self._closed = False
+        self._virtual_paths: dict[Address, Callable[[bytes], None]] = {}
+        """Virtual addresses (relay paths, see :mod:`.relay`) and where their datagrams go."""
         self.on_unrouted: Callable[[bytes, Address], None] | None = None
         """Called with datagrams that belong to no connection (e.g. hole-punch packets)."""
         self.datagrams_dropped = 0
@@ -309,6 +311,8 @@ class QUICSocket:
         return (str(ip), port)
 
     async def _resolve(self, host: str, port: int) -> Address:
+        if (host, port) in self._virtual_paths:
+            return (host, port)
         try:
             return self._native_address(host, port)
         except ValueError:
@@ -506,6 +510,8 @@ class QUICSocket:
     def _send_datagrams(self, datagrams: list[tuple[bytes, Any]]) -> None:
         if self._sock is None:
             return
+        if self._virtual_paths:
+            datagrams = self._send_virtual(datagrams)
         if self._transport is not None:
             for data, addr in datagrams:
                 self._transport.sendto(data, addr)
@@ -549,6 +555,20 @@ class QUICSocket:
                 return
             index = end
 
+    def _send_virtual(self, datagrams: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
+        """Hand datagrams for virtual addresses to their paths; return the others."""
+        rest: list[tuple[bytes, Any]] = []
+        for data, addr in datagrams:
+            send = self._virtual_paths.get((addr[0], addr[1]))
+            if send is None:
+                rest.append((data, addr))
+                continue
+            try:
+                send(data)
+            except Exception:
+                _log.exception("%r: virtual path %s failed to send", self, addr)
+        return rest
+
     def _try_send(self, data: bytes, addr: Address) -> bool:
         sock = self._sock
         if sock is None:
@@ -587,6 +607,8 @@ class QUICSocket:
         return True
 
     def _sendto(self, data: bytes, addr: Address) -> None:
+        if self._virtual_paths and not self._send_virtual([(data, addr)]):
+            return
         if self._transport is not None:
             self._transport.sendto(data, addr)
         elif self._send_queue or not self._try_send(data, addr):

@@ -506,15 +506,17 @@ class ClientCall(Generic[Resp]):
             elif not isinstance(exc, RPCError):
                 _log.debug("error after the call ended: %r", exc)
 
-    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        """Run ``coro`` in a task owned by this call; its failures are the call's status."""
-        task = asyncio.ensure_future(self._quietly(coro))
+    def _spawn(self, start: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run ``start()`` in a task owned by this call; its failures are the call's status.
+        (A callable, not a coroutine: a task cancelled before it ran leaves nothing
+        un-awaited behind.)"""
+        task = asyncio.ensure_future(self._quietly(start))
         self._owned.append(task)
         return task
 
-    async def _quietly(self, coro: Awaitable[None]) -> None:
+    async def _quietly(self, start: Callable[[], Awaitable[None]]) -> None:
         try:
-            await coro
+            await start()
         except (Exception, asyncio.CancelledError) as exc:
             if self._final is None:
                 self._fail(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -63,7 +64,7 @@ class UnaryCall(ClientCall[Resp]):
 
     def _ensure_driven(self) -> None:
         if self._task is None and not self._inline:
-            self._task = self._spawn(self._run())
+            self._task = self._spawn(self._run)
 
     async def _result(self) -> Resp:
         if self._task is None and not self._inline:
@@ -93,7 +94,7 @@ class _StreamingResponse(ClientCall[Resp]):
 
     def _start_reader(self) -> None:
         if self._reader is None and self._stream is not None:
-            self._reader = self._spawn(self._read_responses())
+            self._reader = self._spawn(self._read_responses)
 
     async def _read_responses(self) -> None:
         try:
@@ -154,7 +155,7 @@ class ServerStreamingCall(_StreamingResponse[Resp]):
 
     def _ensure_driven(self) -> None:
         if self._reader is None:
-            self._spawn(self._ensure_started())
+            self._spawn(self._ensure_started)
 
 
 class _RequestWriter:
@@ -246,14 +247,14 @@ class ClientStreamingCall(ClientCall[Resp], _RequestWriter):
     async def _begin(self) -> None:
         await self._ensure_started()
         if self._reader is None and self._stream is not None:
-            self._reader = self._spawn(self._drive(self._deliver))
+            self._reader = self._spawn(functools.partial(self._drive, self._deliver))
         if self._requests is not None and self._writer is None:
             requests, self._requests = self._requests, None
-            self._writer = self._spawn(self._write_all(self, requests))
+            self._writer = self._spawn(functools.partial(self._write_all, self, requests))
 
     def _ensure_driven(self) -> None:
         if self._reader is None:
-            self._spawn(self._begin())
+            self._spawn(self._begin)
 
     async def write(self, message: Any) -> None:
         await self._begin()
@@ -299,11 +300,11 @@ class DuplexCall(_StreamingResponse[Resp], _RequestWriter):
         self._start_reader()
         if self._requests is not None and self._writer is None:
             requests, self._requests = self._requests, None
-            self._writer = self._spawn(self._write_all(self, requests))
+            self._writer = self._spawn(functools.partial(self._write_all, self, requests))
 
     def _ensure_driven(self) -> None:
         if self._reader is None:
-            self._spawn(self._ensure_started())
+            self._spawn(self._ensure_started)
 
     async def write(self, message: Any) -> None:
         await self._write(self, message)

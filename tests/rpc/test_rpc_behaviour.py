@@ -905,3 +905,62 @@ async def test_interrupted_write_ends_with_a_reset(rpc_transport: RPCTransport) 
     assert info.value.code == ResetCode.DEADLINE_EXCEEDED
     await stream.aclose()
     await server.stop(0)
+
+
+async def test_mixed_load_with_cancellations_leaves_nothing_behind(
+    rpc_transport: RPCTransport,
+) -> None:
+    """Many concurrent calls of every kind, some cancelled or timed out mid-way: every one
+    ends with an expected status and the server is left with no calls."""
+
+    async def slow_echo(request: bytes, ctx: ServerCallContext) -> bytes:
+        await asyncio.sleep(0.001 * (request[0] % 5))
+        return request
+
+    async def ticker(request: bytes, ctx: ServerCallContext) -> AsyncIterator[bytes]:
+        for i in range(request[0] % 7):
+            await asyncio.sleep(0)
+            yield bytes([i])
+
+    server, client = await rpc_transport.serve(
+        {"/echo": unary(slow_echo), "/tick": server_streaming(ticker), **BASIC}
+    )
+
+    async def one(i: int) -> Status:
+        try:
+            if i % 4 == 0:
+                await client.unary("/echo", bytes([i % 256]), timeout=0.002 * (i % 3 + 1))
+            elif i % 4 == 1:
+                call = client.server_streaming("/tick", bytes([i % 256]))
+                async for _ in call:
+                    if i % 8 == 1:
+                        call.cancel()
+            elif i % 4 == 2:
+                assert (
+                    await client.client_streaming("/t.S/Total", [b"1"] * (i % 5))
+                    == str(i % 5).encode()
+                )
+            else:
+                dcall = client.duplex("/t.S/Shout")
+                await dcall.write(b"a")
+                if i % 8 == 3:
+                    dcall.cancel()
+                else:
+                    assert await dcall.read() == b"A"
+                    await dcall.done_writing()
+                    assert await dcall.read() is None
+        except RPCError as exc:
+            return exc.status
+        except asyncio.CancelledError:
+            return Status.CANCELLED
+        return Status.OK
+
+    statuses = await asyncio.gather(*(one(i) for i in range(80)))  # under the call limit
+    assert set(statuses) <= {Status.OK, Status.CANCELLED, Status.DEADLINE_EXCEEDED}
+    assert statuses.count(Status.OK) > 0
+    for _ in range(200):
+        if server.active_calls == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.active_calls == 0
+    assert await client.unary("/t.S/Echo", b"after") == b"after"

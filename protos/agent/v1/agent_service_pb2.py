@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.agent.v1 import common_pb2 as protos_dot_agent_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/agent/v1/agent_service.proto\x12\x12quicshift.agent.v1\x1a\x1cprotos/agent/v1/common.proto\"\x81\x01\n\x18\x43losestLocalNodesRequest\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.quicshift.agent.v1.NodeId\x12\x39\n\npagination\x18\x02 \x01(\x0b\x32%.quicshift.agent.v1.PaginationRequest\"\x8b\x01\n\x19\x43losestLocalNodesResponse\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x1c.quicshift.agent.v1.NodeInfoH\x00\x12\x36\n\x04page\x18\x02 \x01(\x0b\x32&.quicshift.agent.v1.PaginationResponseH\x00\x42\x08\n\x06result\"M\n\x10\x43laimsGetRequest\x12\x39\n\npagination\x18\x01 \x01(\x0b\x32%.quicshift.agent.v1.PaginationRequest\"\x87\x01\n\x11\x43laimsGetResponse\x12\x30\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaimH\x00\x12\x36\n\x04page\x18\x02 \x01(\x0b\x32&.quicshift.agent.v1.PaginationResponseH\x00\x42\x08\n\x06result\"\x99\x01\n\x15\x43rossSignClaimRequest\x12\x38\n\rinitial_claim\x18\x01 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaimH\x00\x12>\n\x13\x63ountersigned_claim\x18\x02 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaimH\x00\x42\x06\n\x04step\"\x8e\x01\n\x16\x43rossSignClaimResponse\x12<\n\x13\x63ountersigned_claim\x18\x01 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaim\x12\x36\n\rcounter_claim\x18\x02 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaim\"X\n\x16HolePunchSignalRequest\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.quicshift.agent.v1.NodeId\x12\x12\n\ntransports\x18\x02 \x03(\t\"U\n\x17HolePunchSignalResponse\x12:\n\x11requester_address\x18\x01 \x01(\x0b\x32\x1f.quicshift.agent.v1.NodeAddress\"\x83\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\x0c\x12*\n\x06sender\x18\x02 \x01(\x0b\x32\x1a.quicshift.agent.v1.NodeId\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\"u\n\x12SignedNotification\x12\x36\n\x0cnotification\x18\x01 \x01(\x0b\x32 .quicshift.agent.v1.Notification\x12\x14\n\x0csender_chain\x18\x02 \x03(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"N\n\x11VaultsScanRequest\x12\x39\n\npagination\x18\x01 \x01(\x0b\x32%.quicshift.agent.v1.PaginationRequest\"F\n\tVaultInfo\x12\x10\n\x08vault_id\x18\x01 \x01(\x0c\x12\x12\n\nvault_name\x18\x02 \x01(\t\x12\x13\n\x0bpermissions\x18\x03 \x03(\t\"\x86\x01\n\x12VaultsScanResponse\x12.\n\x05vault\x18\x01 \x01(\x0b\x32\x1d.quicshift.agent.v1.VaultInfoH\x00\x12\x36\n\x04page\x18\x02 \x01(\x0b\x32&.quicshift.agent.v1.PaginationResponseH\x00\x42\x08\n\x06result\"\'\n\x11VaultsPullRequest\x12\x12\n\nvault_name\x18\x01 \x01(\t\"#\n\x12VaultsPullResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x32\xae\x06\n\x0c\x41gentService\x12H\n\x04\x45\x63ho\x12\x1f.quicshift.agent.v1.EchoMessage\x1a\x1f.quicshift.agent.v1.EchoMessage\x12z\n\x19NodesClosestLocalNodesGet\x12,.quicshift.agent.v1.ClosestLocalNodesRequest\x1a-.quicshift.agent.v1.ClosestLocalNodesResponse0\x01\x12_\n\x0eNodesClaimsGet\x12$.quicshift.agent.v1.ClaimsGetRequest\x1a%.quicshift.agent.v1.ClaimsGetResponse0\x01\x12p\n\x13NodesCrossSignClaim\x12).quicshift.agent.v1.CrossSignClaimRequest\x1a*.quicshift.agent.v1.CrossSignClaimResponse(\x01\x30\x01\x12o\n\x14NodesHolePunchSignal\x12*.quicshift.agent.v1.HolePunchSignalRequest\x1a+.quicshift.agent.v1.HolePunchSignalResponse\x12V\n\x11NotificationsSend\x12&.quicshift.agent.v1.SignedNotification\x1a\x19.quicshift.agent.v1.Empty\x12]\n\nVaultsScan\x12%.quicshift.agent.v1.VaultsScanRequest\x1a&.quicshift.agent.v1.VaultsScanResponse0\x01\x12]\n\nVaultsPull\x12%.quicshift.agent.v1.VaultsPullRequest\x1a&.quicshift.agent.v1.VaultsPullResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/agent/v1/agent_service.proto\x12\x12quicshift.agent.v1\x1a\x1cprotos/agent/v1/common.proto\"\x81\x01\n\x18\x43losestLocalNodesRequest\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.quicshift.agent.v1.NodeId\x12\x39\n\npagination\x18\x02 \x01(\x0b\x32%.quicshift.agent.v1.PaginationRequest\"\x8b\x01\n\x19\x43losestLocalNodesResponse\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x1c.quicshift.agent.v1.NodeInfoH\x00\x12\x36\n\x04page\x18\x02 \x01(\x0b\x32&.quicshift.agent.v1.PaginationResponseH\x00\x42\x08\n\x06result\"M\n\x10\x43laimsGetRequest\x12\x39\n\npagination\x18\x01 \x01(\x0b\x32%.quicshift.agent.v1.PaginationRequest\"\x87\x01\n\x11\x43laimsGetResponse\x12\x30\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaimH\x00\x12\x36\n\x04page\x18\x02 \x01(\x0b\x32&.quicshift.agent.v1.PaginationResponseH\x00\x42\x08\n\x06result\"\x99\x01\n\x15\x43rossSignClaimRequest\x12\x38\n\rinitial_claim\x18\x01 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaimH\x00\x12>\n\x13\x63ountersigned_claim\x18\x02 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaimH\x00\x42\x06\n\x04step\"\x8e\x01\n\x16\x43rossSignClaimResponse\x12<\n\x13\x63ountersigned_claim\x18\x01 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaim\x12\x36\n\rcounter_claim\x18\x02 \x01(\x0b\x32\x1f.quicshift.agent.v1.SignedClaim\"\x89\x01\n\x16HolePunchSignalRequest\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.quicshift.agent.v1.NodeId\x12\x12\n\ntransports\x18\x02 \x03(\t\x12/\n\trequester\x18\x03 \x01(\x0b\x32\x1c.quicshift.agent.v1.NodeInfo\"\x8e\x01\n\x17HolePunchSignalResponse\x12:\n\x11requester_address\x18\x01 \x01(\x0b\x32\x1f.quicshift.agent.v1.NodeAddress\x12\x37\n\x0etarget_address\x18\x02 \x01(\x0b\x32\x1f.quicshift.agent.v1.NodeAddress\"\x83\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\x0c\x12*\n\x06sender\x18\x02 \x01(\x0b\x32\x1a.quicshift.agent.v1.NodeId\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\"u\n\x12SignedNotification\x12\x36\n\x0cnotification\x18\x01 \x01(\x0b\x32 .quicshift.agent.v1.Notification\x12\x14\n\x0csender_chain\x18\x02 \x03(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"N\n\x11VaultsScanRequest\x12\x39\n\npagination\x18\x01 \x01(\x0b\x32%.quicshift.agent.v1.PaginationRequest\"F\n\tVaultInfo\x12\x10\n\x08vault_id\x18\x01 \x01(\x0c\x12\x12\n\nvault_name\x18\x02 \x01(\t\x12\x13\n\x0bpermissions\x18\x03 \x03(\t\"\x86\x01\n\x12VaultsScanResponse\x12.\n\x05vault\x18\x01 \x01(\x0b\x32\x1d.quicshift.agent.v1.VaultInfoH\x00\x12\x36\n\x04page\x18\x02 \x01(\x0b\x32&.quicshift.agent.v1.PaginationResponseH\x00\x42\x08\n\x06result\"\'\n\x11VaultsPullRequest\x12\x12\n\nvault_name\x18\x01 \x01(\t\"#\n\x12VaultsPullResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x32\xae\x06\n\x0c\x41gentService\x12H\n\x04\x45\x63ho\x12\x1f.quicshift.agent.v1.EchoMessage\x1a\x1f.quicshift.agent.v1.EchoMessage\x12z\n\x19NodesClosestLocalNodesGet\x12,.quicshift.agent.v1.ClosestLocalNodesRequest\x1a-.quicshift.agent.v1.ClosestLocalNodesResponse0\x01\x12_\n\x0eNodesClaimsGet\x12$.quicshift.agent.v1.ClaimsGetRequest\x1a%.quicshift.agent.v1.ClaimsGetResponse0\x01\x12p\n\x13NodesCrossSignClaim\x12).quicshift.agent.v1.CrossSignClaimRequest\x1a*.quicshift.agent.v1.CrossSignClaimResponse(\x01\x30\x01\x12o\n\x14NodesHolePunchSignal\x12*.quicshift.agent.v1.HolePunchSignalRequest\x1a+.quicshift.agent.v1.HolePunchSignalResponse\x12V\n\x11NotificationsSend\x12&.quicshift.agent.v1.SignedNotification\x1a\x19.quicshift.agent.v1.Empty\x12]\n\nVaultsScan\x12%.quicshift.agent.v1.VaultsScanRequest\x1a&.quicshift.agent.v1.VaultsScanResponse0\x01\x12]\n\nVaultsPull\x12%.quicshift.agent.v1.VaultsPullRequest\x1a&.quicshift.agent.v1.VaultsPullResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,24 +44,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CROSSSIGNCLAIMREQUEST']._serialized_end=734
   _globals['_CROSSSIGNCLAIMRESPONSE']._serialized_start=737
   _globals['_CROSSSIGNCLAIMRESPONSE']._serialized_end=879
-  _globals['_HOLEPUNCHSIGNALREQUEST']._serialized_start=881
-  _globals['_HOLEPUNCHSIGNALREQUEST']._serialized_end=969
-  _globals['_HOLEPUNCHSIGNALRESPONSE']._serialized_start=971
-  _globals['_HOLEPUNCHSIGNALRESPONSE']._serialized_end=1056
-  _globals['_NOTIFICATION']._serialized_start=1059
-  _globals['_NOTIFICATION']._serialized_end=1190
-  _globals['_SIGNEDNOTIFICATION']._serialized_start=1192
-  _globals['_SIGNEDNOTIFICATION']._serialized_end=1309
-  _globals['_VAULTSSCANREQUEST']._serialized_start=1311
-  _globals['_VAULTSSCANREQUEST']._serialized_end=1389
-  _globals['_VAULTINFO']._serialized_start=1391
-  _globals['_VAULTINFO']._serialized_end=1461
-  _globals['_VAULTSSCANRESPONSE']._serialized_start=1464
-  _globals['_VAULTSSCANRESPONSE']._serialized_end=1598
-  _globals['_VAULTSPULLREQUEST']._serialized_start=1600
-  _globals['_VAULTSPULLREQUEST']._serialized_end=1639
-  _globals['_VAULTSPULLRESPONSE']._serialized_start=1641
-  _globals['_VAULTSPULLRESPONSE']._serialized_end=1676
-  _globals['_AGENTSERVICE']._serialized_start=1679
-  _globals['_AGENTSERVICE']._serialized_end=2493
+  _globals['_HOLEPUNCHSIGNALREQUEST']._serialized_start=882
+  _globals['_HOLEPUNCHSIGNALREQUEST']._serialized_end=1019
+  _globals['_HOLEPUNCHSIGNALRESPONSE']._serialized_start=1022
+  _globals['_HOLEPUNCHSIGNALRESPONSE']._serialized_end=1164
+  _globals['_NOTIFICATION']._serialized_start=1167
+  _globals['_NOTIFICATION']._serialized_end=1298
+  _globals['_SIGNEDNOTIFICATION']._serialized_start=1300
+  _globals['_SIGNEDNOTIFICATION']._serialized_end=1417
+  _globals['_VAULTSSCANREQUEST']._serialized_start=1419
+  _globals['_VAULTSSCANREQUEST']._serialized_end=1497
+  _globals['_VAULTINFO']._serialized_start=1499
+  _globals['_VAULTINFO']._serialized_end=1569
+  _globals['_VAULTSSCANRESPONSE']._serialized_start=1572
+  _globals['_VAULTSSCANRESPONSE']._serialized_end=1706
+  _globals['_VAULTSPULLREQUEST']._serialized_start=1708
+  _globals['_VAULTSPULLREQUEST']._serialized_end=1747
+  _globals['_VAULTSPULLRESPONSE']._serialized_start=1749
+  _globals['_VAULTSPULLRESPONSE']._serialized_end=1784
+  _globals['_AGENTSERVICE']._serialized_start=1787
+  _globals['_AGENTSERVICE']._serialized_end=2601
 # @@protoc_insertion_point(module_scope)

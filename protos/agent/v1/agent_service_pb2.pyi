@@ -54,18 +54,22 @@ class CrossSignClaimResponse(_message.Message):
     def __init__(self, countersigned_claim: _Optional[_Union[_common_pb2.SignedClaim, _Mapping]] = ..., counter_claim: _Optional[_Union[_common_pb2.SignedClaim, _Mapping]] = ...) -> None: ...
 
 class HolePunchSignalRequest(_message.Message):
-    __slots__ = ("target", "transports")
+    __slots__ = ("target", "transports", "requester")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     TRANSPORTS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
     target: _common_pb2.NodeId
     transports: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, target: _Optional[_Union[_common_pb2.NodeId, _Mapping]] = ..., transports: _Optional[_Iterable[str]] = ...) -> None: ...
+    requester: _common_pb2.NodeInfo
+    def __init__(self, target: _Optional[_Union[_common_pb2.NodeId, _Mapping]] = ..., transports: _Optional[_Iterable[str]] = ..., requester: _Optional[_Union[_common_pb2.NodeInfo, _Mapping]] = ...) -> None: ...
 
 class HolePunchSignalResponse(_message.Message):
-    __slots__ = ("requester_address",)
+    __slots__ = ("requester_address", "target_address")
     REQUESTER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     requester_address: _common_pb2.NodeAddress
-    def __init__(self, requester_address: _Optional[_Union[_common_pb2.NodeAddress, _Mapping]] = ...) -> None: ...
+    target_address: _common_pb2.NodeAddress
+    def __init__(self, requester_address: _Optional[_Union[_common_pb2.NodeAddress, _Mapping]] = ..., target_address: _Optional[_Union[_common_pb2.NodeAddress, _Mapping]] = ...) -> None: ...
 
 class Notification(_message.Message):
     __slots__ = ("notification_id", "sender", "type", "data", "sent_at_ms")
