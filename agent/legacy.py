@@ -34,7 +34,7 @@ from agent.domains.vaults import VaultStore
 from agent.identity import KeyType, NodeIdentity, node_verifier
 from agent.nodeid import NodeId
 from agent.servicer import AgentServicer, HolePunchRelayError, RequesterAddress
-from agent.wiring import IDENTITY_DIR_NAME, load_identity, open_domains
+from agent.wiring import IDENTITY_DIR_NAME, AgentDomains, load_identity, open_domains
 from legacy_grpc import (
     AgentGRPCServer,
     ForwardProxy,
@@ -81,9 +81,15 @@ class LegacyAgent:
         proxy_auth: ProxyCredentials | None = None,
         connect_timeout: float = 10.0,
         stop_grace: float = 1.0,
+        domains: AgentDomains | None = None,
+        servicer: AgentServicer | None = None,
     ) -> None:
         """``identity`` replaces the stored one (and is saved); without it the stored one
         is loaded, or a new ``key_type`` identity generated and saved.
+
+        ``domains`` and ``servicer`` (with ``identity``, which is then not saved) share an
+        already open node with another stack (:class:`agent.dual.DualStackAgent`): this
+        agent serves them and leaves the domains open on :meth:`stop`.
 
         The forward proxy listens on loopback and dials peers *as this node*, so it always
         requires Basic proxy credentials: ``proxy_auth``, or random ones made per start
@@ -97,6 +103,10 @@ class LegacyAgent:
         self._proxy_auth = proxy_auth
         self._connect_timeout = connect_timeout
         self._stop_grace = stop_grace
+        if domains is not None and identity is None:
+            raise LegacyAgentError("injected domains need the node identity too")
+        self._domains_arg = domains
+        self._servicer_arg = servicer
         self._identity: NodeIdentity | None = None
         self._state: AgentState | None = None
         self._nodes: NodeGraph | None = None
@@ -127,15 +137,19 @@ class LegacyAgent:
         logger.info("legacy agent %s serving on %s:%d", self.node_id, self._host, self.port)
 
     async def _start(self) -> None:
-        identity = await asyncio.to_thread(self._load_identity)
-        self._identity = identity
-        domains = await asyncio.to_thread(open_domains, self._state_dir, identity.node_id)
-        self._state = domains.state
+        if self._domains_arg is not None and self._identity_arg is not None:
+            identity, domains = self._identity_arg, self._domains_arg
+            self._identity = identity
+        else:
+            identity = await asyncio.to_thread(self._load_identity)
+            self._identity = identity
+            domains = await asyncio.to_thread(open_domains, self._state_dir, identity.node_id)
+            self._state = domains.state
         self._nodes = domains.nodes
         self._claims = domains.claims
         self._inbox = domains.notifications
         self._vaults = domains.vaults
-        self._servicer = AgentServicer(
+        self._servicer = self._servicer_arg or AgentServicer(
             identity=identity,
             nodes=self._nodes,
             claims=self._claims,
@@ -173,8 +187,14 @@ class LegacyAgent:
         return load_identity(self._state_dir, self._identity_arg, self._key_type)
 
     async def stop(self) -> None:
-        """Stop serving and close everything; idempotent, safe after a failed start."""
+        """Stop serving and close everything; idempotent, safe after a failed start.
+
+        The gRPC server stops first: new calls are refused and calls in flight get
+        ``stop_grace`` seconds to finish through the still open reverse proxy.
+        """
         self._stopped = True
+        if self._server is not None:
+            await self._server.stop(self._stop_grace)
         if self._reverse is not None:
             await self._reverse.stop()
         connections, self._connections = list(self._connections.values()), {}
@@ -182,8 +202,6 @@ class LegacyAgent:
             await conn.close()
         if self._forward is not None:
             await self._forward.stop()
-        if self._server is not None:
-            await self._server.stop(self._stop_grace)
         if self._state is not None and not self._state.closed:
             await asyncio.to_thread(self._state.close)
         if self._credentials is not None:

@@ -409,14 +409,15 @@ class AgentServicer(_ServicerBase):
             if len(info.addresses) != 1:
                 raise InvalidInputError("the requester needs exactly one address")
             wire = info.addresses[0]
-            address = NodeAddress(
-                host=wire.host, port=wire.port, transports=tuple(wire.transports)
-            )
+            address = NodeAddress(host=wire.host, port=wire.port, transports=tuple(wire.transports))
             punch = self._hole_punch_target
             if punch is None:
                 await context.abort(StatusCode.UNIMPLEMENTED, "this node does not hole punch")
         requester = RequesterAddress(node_id=requester_id, address=address)
-        await punch(requester, caller.remote_node_id)
+        try:
+            await punch(requester, caller.remote_node_id)
+        except HolePunchRelayError as exc:
+            await context.abort(StatusCode.UNAVAILABLE, f"cannot hole punch: {exc}")
         return pb.HolePunchSignalResponse(
             requester_address=common.NodeAddress(
                 host=address.host, port=address.port, transports=list(address.transports)

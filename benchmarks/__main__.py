@@ -5,7 +5,8 @@
 
 Stacks: grpc-direct (grpc.aio, TCP + TLS), grpc-proxy (grpc.aio through the legacy
 forward + reverse proxy pair), adapter-quic (migration.quic_grpc over QUIC), native-quic
-(quic_rpc over QUIC). Workloads: connect, unary, concurrent, stream, bulk, idle.
+(quic_rpc over QUIC); on request native-quic-lo (native QUIC with 16,000-byte datagrams
+and pacing off, loopback/LAN only). Workloads: connect, unary, concurrent, stream, bulk, idle.
 Writes ``<out>/stacks-<quick|full>.json``, ``<out>/latest.md`` and ``<out>/latest.png``
 (the chart needs matplotlib). Figures are reported, never asserted.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from ._common import ROOT, machine_info
 from .harness import run_all
 from .report import build_report, write_outputs
-from .stacks import STACKS
+from .stacks import EXTRA_STACKS, STACKS
 from .workloads import WORKLOADS, workload_params
 
 
@@ -49,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         "--scale", type=float, default=1.0, help="multiply every workload's size (default 1)"
     )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
-    parser.add_argument("--stacks", default=",".join(STACKS), help="comma-separated")
+    parser.add_argument(
+        "--stacks",
+        default=",".join(STACKS),
+        help=f"comma-separated (default: all; also available: {', '.join(EXTRA_STACKS)})",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if not 0 < args.scale <= 100:
         parser.error("--scale must be in (0, 100]")
     workloads = _names(args.workloads, WORKLOADS, "workloads", parser)
-    stacks = _names(args.stacks, STACKS, "stacks", parser)
+    stacks = _names(args.stacks, STACKS + EXTRA_STACKS, "stacks", parser)
     params = workload_params(args.quick, args.scale)
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_info()

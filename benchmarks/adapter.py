@@ -59,18 +59,28 @@ def _make_certs(directory: Path) -> None:
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(name("bench-ca")).issuer_name(name("bench-ca"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name("bench-ca"))
+        .issuer_name(name("bench-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
-        x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
@@ -121,7 +131,9 @@ async def _serve(stack: str, certs: Path, ports: Any, stop: Any) -> None:
 
         rpc = RPCServer({UNARY: unary(_unary), STREAM: server_streaming(_stream)})
         sock = await QUICSocket.bind("127.0.0.1", 0)
-        server = QUICServer(sock, TLSCredentials.load(key, chain, lambda c: None), None, rpc.handle_stream)
+        server = QUICServer(
+            sock, TLSCredentials.load(key, chain, lambda c: None), None, rpc.handle_stream
+        )
         await server.start()
         ports.put(sock.local_address[1])
         await asyncio.to_thread(stop.wait)
@@ -171,7 +183,9 @@ async def _client(stack: str, port: int, certs: Path) -> _Client:
         identity = ephemeral_identity()
         sock = await QUICSocket.bind("127.0.0.1", 0)
         tls = TLSCredentials.load(
-            identity.private_key_pem, identity.certificate_pem, ca_verifier(ca, server_name="localhost")
+            identity.private_key_pem,
+            identity.certificate_pem,
+            ca_verifier(ca, server_name="localhost"),
         )
         conn = await connect(sock, "127.0.0.1", port, tls, server_name="localhost")
         rpc = RPCClient(conn)
@@ -270,7 +284,9 @@ async def _measure(client: _Client, unary_calls: int, stream_messages: int) -> d
     }
 
 
-async def _run_stack(stack: str, certs: Path, unary_calls: int, stream_messages: int) -> dict[str, Any]:
+async def _run_stack(
+    stack: str, certs: Path, unary_calls: int, stream_messages: int
+) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     ports = ctx.Queue()
     stop = ctx.Event()
@@ -339,15 +355,24 @@ async def main_async(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer calls and messages")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = asyncio.run(main_async(args.quick))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"shim_over_native": report["shim_over_native"],
-                      "shim_over_grpc_aio": report["shim_over_grpc_aio"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "shim_over_native": report["shim_over_native"],
+                "shim_over_grpc_aio": report["shim_over_grpc_aio"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -34,8 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import psutil  # type: ignore[import-untyped]
+
 from ._common import ROOT, write_certs
-from .stacks import STACKS
+from .stacks import EXTRA_STACKS, STACKS
 from .workloads import WORKLOADS
 
 __all__ = ["run_all"]
@@ -141,7 +143,7 @@ async def _client_role(out: IO[str], stack: str, certs: Path, port: int, info: s
 def _child_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.harness")
     parser.add_argument("role", choices=("server", "client"))
-    parser.add_argument("--stack", choices=STACKS, required=True)
+    parser.add_argument("--stack", choices=STACKS + EXTRA_STACKS, required=True)
     parser.add_argument("--certs", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--info", default="{}")
@@ -347,19 +349,23 @@ async def _run_workloads(
                 continue
             try:
                 try:
-                    _, client = await session.ensure()
+                    server, client = await session.ensure()
                 except ChildError as exc:
                     start_error = f"stack failed to start: {exc}"
                     raise ChildError(start_error) from exc
+                cpu0 = _cpu_pair(server, client)
                 result = await client.request(
                     {"cmd": "run", "workload": workload, "params": params[workload]},
                     _timeout(workload, params[workload]),
+                )
+                result.update(
+                    _cpu_cost(workload, params[workload], cpu0, _cpu_pair(server, client))
                 )
             except ChildError as exc:
                 result = {"error": str(exc)}
                 await session.abort()  # a clean slate for the next workload
             results[workload] = result
-            log(f"  {stack:13s} {workload:11s} {_brief(result)}  ({time.monotonic() - t0:.1f}s)")
+            log(f"  {stack:14s} {workload:11s} {_brief(result)}  ({time.monotonic() - t0:.1f}s)")
     finally:
         await session.stop()
     return results
@@ -370,9 +376,48 @@ def _cpu_seconds(proc: Any) -> float:
     return float(times.user) + float(times.system)
 
 
-async def _run_idle(stack: str, certs: Path, params: dict[str, Any], log: Log) -> dict[str, Any]:
-    import psutil  # type: ignore[import-untyped]
+def _cpu_pair(server: Child, client: Child) -> tuple[float, float] | None:
+    """CPU seconds used so far by the server and the client process."""
+    try:
+        return _cpu_seconds(psutil.Process(server.pid)), _cpu_seconds(psutil.Process(client.pid))
+    except Exception:
+        return None
 
+
+def _work_units(workload: str, p: dict[str, Any]) -> tuple[str, float] | None:
+    """What one command of ``workload`` did, warm-ups included (see workloads.py)."""
+    if workload == "unary":
+        return "call", p["warmup"] + p["calls"]
+    if workload == "concurrent":
+        return "call", p["callers"] * (2 + p["calls_per_caller"])
+    if workload == "stream":
+        return "msg", p["messages"] + min(1000, p["messages"])
+    if workload == "bulk":
+        return "MiB", p["bytes"] / (1 << 20) + 1
+    return None
+
+
+def _cpu_cost(
+    workload: str,
+    params: dict[str, Any],
+    before: tuple[float, float] | None,
+    after: tuple[float, float] | None,
+) -> dict[str, Any]:
+    """Process CPU time the command cost each side: stable even when latency is noisy."""
+    if before is None or after is None:
+        return {}
+    server_s, client_s = after[0] - before[0], after[1] - before[1]
+    cost: dict[str, Any] = {"server_cpu_s": round(server_s, 3), "client_cpu_s": round(client_s, 3)}
+    units = _work_units(workload, params)
+    if units is not None:
+        unit, count = units
+        cost["cpu_unit"] = unit
+        cost["server_cpu_us_per_unit"] = round(server_s / count * 1e6, 1)
+        cost["client_cpu_us_per_unit"] = round(client_s / count * 1e6, 1)
+    return cost
+
+
+async def _run_idle(stack: str, certs: Path, params: dict[str, Any], log: Log) -> dict[str, Any]:
     count = params["connections"]
     session = StackSession(stack, certs, max_connections=count + 64)
     t0 = time.monotonic()
@@ -411,7 +456,7 @@ async def _run_idle(stack: str, certs: Path, params: dict[str, Any], log: Log) -
         await session.abort()
     finally:
         await session.stop()
-    log(f"  {stack:13s} {'idle':11s} {_brief(result)}  ({time.monotonic() - t0:.1f}s)")
+    log(f"  {stack:14s} {'idle':11s} {_brief(result)}  ({time.monotonic() - t0:.1f}s)")
     return result
 
 
@@ -426,6 +471,8 @@ _BRIEF_KEYS = (
     "mbit_per_s",
     "rss_per_conn_kib",
     "server_cpu_pct",
+    "server_cpu_us_per_unit",
+    "client_cpu_us_per_unit",
 )
 
 
@@ -445,7 +492,7 @@ async def run_all(
     Children's stderr (tracebacks of failed workloads) goes to ``log_dir/<child>.log``.
     """
     Child.log_dir = log_dir
-    unknown = (set(stacks) - set(STACKS)) | (set(workloads) - set(WORKLOADS))
+    unknown = (set(stacks) - set(STACKS + EXTRA_STACKS)) | (set(workloads) - set(WORKLOADS))
     if unknown:
         raise ValueError(f"unknown stacks or workloads: {sorted(unknown)}")
     results: dict[str, dict[str, Any]] = {}

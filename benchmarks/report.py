@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 BASELINE = "grpc-direct"
-QUIC_STACKS = ("adapter-quic", "native-quic")
+QUIC_STACKS = ("adapter-quic", "native-quic", "native-quic-lo")
 
 
 def _value(results: dict[str, Any], stack: str, workload: str, key: str) -> float | None:
@@ -138,7 +138,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Absolute figures; in brackets the ratio to `{BASELINE}` measured in the same run "
         "(latency: < 1x is better; throughput: > 1x is better). "
-        "`n/s` = not supported by the stack, `error` = see the JSON.",
+        "`n/s` = not supported by the stack, `error` = see the JSON. "
+        "CPU rows: process CPU time (user + system) over the whole command, warm-up "
+        "included, divided by the work done.",
+        "",
+        "Sizes: " + _sizes(report["params"]) + ".",
         "",
         "| metric | unit | " + " | ".join(f"`{s}`" for s in stacks) + " |",
         "|---|---|" + "---|" * len(stacks),
@@ -178,6 +182,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"- `{s}` {w}: {e}" for s, w, e in errors]
     lines.append("")
     return "\n".join(lines)
+
+
+def _sizes(params: dict[str, Any]) -> str:
+    parts = []
+    for workload, p in params.items():
+        shown = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in p.items())
+        parts.append(f"{workload} ({shown})")
+    return "; ".join(parts) if parts else "-"
 
 
 def _resumption_notes(report: dict[str, Any]) -> list[tuple[str, str]]:

@@ -9,6 +9,10 @@
 * ``native-quic`` — ``quic_rpc.rpc`` over ``quic_rpc.quic`` (mutual TLS); bulk uses a
   raw handler instead of a client-streaming call.
 
+Not run by default (``--stacks native-quic-lo``): ``native-quic-lo``, native QUIC with the
+loopback profile — 16,000-byte datagrams and pacing off. Only right on loopback or a
+LAN; it shows what the datagram size and pacing cost, not what a WAN user gets.
+
 Every stack serves the same service (``/bench.Bench/*``): ``Echo`` (unary, echoes the
 request), ``Stream`` (server streaming: request ``>QI`` = count, size), ``Upload``
 (client streaming: replies with the byte count as ``>Q``) and, on native QUIC only,
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "EXTRA_STACKS",
     "STACKS",
     "BenchConnection",
     "ClientSide",
@@ -39,6 +44,7 @@ __all__ = [
 ]
 
 STACKS = ("grpc-direct", "grpc-proxy", "adapter-quic", "native-quic")
+EXTRA_STACKS = ("native-quic-lo",)
 
 SERVICE = "bench.Bench"
 ECHO = f"/{SERVICE}/Echo"
@@ -161,13 +167,15 @@ async def _serve_grpc_proxy(certs: Path, max_connections: int) -> ServerHandle:
     )
 
 
-def _quic_config(max_connections: int) -> Any:
+def _quic_config(max_connections: int, *, loopback: bool = False) -> Any:
     from quic_rpc.quic import QUICConfig
 
+    extra: dict[str, Any] = {"max_datagram_size": 16000, "pacing": False} if loopback else {}
     return QUICConfig(
         keepalive_interval=KEEPALIVE_S,
         idle_timeout=30.0,
         max_connections=max(1024, max_connections),
+        **extra,
     )
 
 
@@ -201,7 +209,9 @@ def _quic_credentials(certs: Path, role: str) -> Any:
     )
 
 
-async def _serve_native(certs: Path, max_connections: int) -> ServerHandle:
+async def _serve_native(
+    certs: Path, max_connections: int, *, loopback: bool = False
+) -> ServerHandle:
     from quic_rpc.quic import QUICServer, QUICSocket
     from quic_rpc.rpc import (
         RawStream,
@@ -239,7 +249,10 @@ async def _serve_native(certs: Path, max_connections: int) -> ServerHandle:
     )
     sock = await QUICSocket.bind("127.0.0.1", 0)
     quic = QUICServer(
-        sock, _quic_credentials(certs, "server"), _quic_config(max_connections), rpc.handle_stream
+        sock,
+        _quic_credentials(certs, "server"),
+        _quic_config(max_connections, loopback=loopback),
+        rpc.handle_stream,
     )
     await quic.start()
 
@@ -250,11 +263,16 @@ async def _serve_native(certs: Path, max_connections: int) -> ServerHandle:
     return ServerHandle(int(sock.local_address[1]), {"io_mode": sock.io_mode}, [stop])
 
 
+async def _serve_native_lo(certs: Path, max_connections: int) -> ServerHandle:
+    return await _serve_native(certs, max_connections, loopback=True)
+
+
 _SERVERS = {
     "grpc-direct": _serve_grpc_direct,
     "grpc-proxy": _serve_grpc_proxy,
     "adapter-quic": _serve_adapter,
     "native-quic": _serve_native,
+    "native-quic-lo": _serve_native_lo,
 }
 
 
@@ -466,12 +484,13 @@ class _NativeClient(ClientSide):
     """Connections share one UDP socket, as an agent's do."""
 
     resumption_note = "quic_rpc.quic has no session tickets / 0-RTT yet"
+    loopback = False
 
     async def start(self) -> None:
         from quic_rpc.quic import QUICSocket
 
         self._credentials = _quic_credentials(self.certs, "client")
-        self._config = _quic_config(0)
+        self._config = _quic_config(0, loopback=self.loopback)
         self._socket = await QUICSocket.bind("127.0.0.1", 0)
 
     async def connect(self, *, resume: bool = False) -> BenchConnection:
@@ -484,11 +503,16 @@ class _NativeClient(ClientSide):
         await self._socket.close()
 
 
+class _NativeLoopbackClient(_NativeClient):
+    loopback = True
+
+
 _CLIENTS: dict[str, type[ClientSide]] = {
     "grpc-direct": _GrpcDirectClient,
     "grpc-proxy": _GrpcProxyClient,
     "adapter-quic": _AdapterClient,
     "native-quic": _NativeClient,
+    "native-quic-lo": _NativeLoopbackClient,
 }
 
 

@@ -36,17 +36,26 @@ from agent.domains.notifications import NotificationInbox
 from agent.domains.vaults import VaultStore
 from agent.identity import KeyType, NodeIdentity, node_verifier
 from agent.nodeid import NodeId
-from agent.servicer import AgentServicer, HolePunchRelayError, RequesterAddress
+from agent.servicer import (
+    AgentServicer,
+    HolePunchRelayError,
+    RequesterAddress,
+    node_id_to_proto,
+)
 from agent.wiring import AgentDomains, load_identity, open_domains
 from migration.quic_grpc.descriptor import merge_manifests, native_manifest
 from migration.quic_grpc.health import SERVING, AioHealthServicer, HealthState, health_manifest
-from protos.grpc.health.v1 import health_pb2
-from quic_rpc.quic import QUICConfig, QUICServer, QUICSocket, TLSCredentials
+from protos.agent.v1 import agent_service_pb2 as pb
+from protos.agent.v1 import common_pb2 as common
+from quic_rpc.quic import QUICConfig, QUICConnection, QUICServer, QUICSocket, TLSCredentials
+from quic_rpc.quic.relay import is_relay_host
 from quic_rpc.rpc import RPCClientConfig, RPCServer, RPCServerConfig
 from quic_rpc.streams import ByteStream, PeerInfo
 
 from .connection_manager import ConnectionManagerConfig, NodeConnectionManager
+from .hole_punch import HolePunchConfig, HolePuncher
 from .node_connection import AGENT_SERVICE, NodeConnection, NodeConnectionError
+from .relay import RelayConfig, RelayService
 
 __all__ = ["AGENT_SERVICE_NAME", "DEFAULT_HANDLER_TIMEOUT", "QUIC_TRANSPORT", "Agent", "AgentError"]
 
@@ -84,6 +93,11 @@ class Agent:
         rpc_server_config: RPCServerConfig | None = None,
         rpc_client_config: RPCClientConfig | None = None,
         stop_grace: float = 1.0,
+        domains: AgentDomains | None = None,
+        servicer: AgentServicer | None = None,
+        hole_punch: HolePunchConfig | None = None,
+        relay: RelayConfig | None = None,
+        record_incoming_peers: bool = False,
     ) -> None:
         """``identity`` replaces the stored one (and is saved); without it the stored one
         is loaded, or a new ``key_type`` identity generated and saved.
@@ -96,9 +110,26 @@ class Agent:
         ``rpc_server_config`` the call limits (default: every call is cut at
         :data:`DEFAULT_HANDLER_TIMEOUT` seconds, or the caller's tighter deadline);
         ``stop_grace`` how long in-flight calls may run on :meth:`stop`.
+        ``domains`` and ``servicer`` (with ``identity``, which is then not saved) share an
+        already open node with another stack (:class:`agent.dual.DualStackAgent`): this
+        agent serves them and leaves the domains open on :meth:`stop`.
+        ``hole_punch`` tunes :meth:`connect_via` and punching for others; ``relay`` the
+        relay (``RelayConfig(serve=True)`` on signalling/seed nodes; relaying needs
+        ``QUICConfig(datagrams=True)`` on every node involved).
+        ``record_incoming_peers``: put every node that dials in into the node graph at its
+        address as seen here (seed/signalling nodes, so they can signal to it).
         """
         if stop_grace < 0:
             raise ValueError("stop_grace must be >= 0")
+        if domains is not None and identity is None:
+            raise AgentError("injected domains need the node identity too")
+        self._domains_arg = domains
+        self._servicer_arg = servicer
+        self._hole_punch_config = hole_punch
+        self._relay_config = relay
+        self._record_incoming_peers = record_incoming_peers
+        self._hole_puncher: HolePuncher | None = None
+        self._relay: RelayService | None = None
         self._state_dir = Path(state_dir)
         self._identity_arg = identity
         self._key_type: KeyType = key_type
@@ -146,14 +177,18 @@ class Agent:
         _log.info("agent %s serving on %s:%d", self.node_id, self.host, self.port)
 
     async def _start(self) -> None:
-        identity = await asyncio.to_thread(
-            load_identity, self._state_dir, self._identity_arg, self._key_type
-        )
-        self._identity = identity
-        self._domains = domains = await asyncio.to_thread(
-            open_domains, self._state_dir, identity.node_id
-        )
-        self._servicer = servicer = AgentServicer(
+        if self._domains_arg is not None and self._identity_arg is not None:
+            identity, domains = self._identity_arg, self._domains_arg
+            self._identity, self._domains = identity, domains
+        else:
+            identity = await asyncio.to_thread(
+                load_identity, self._state_dir, self._identity_arg, self._key_type
+            )
+            self._identity = identity
+            self._domains = domains = await asyncio.to_thread(
+                open_domains, self._state_dir, identity.node_id
+            )
+        self._servicer = servicer = self._servicer_arg or AgentServicer(
             identity=identity,
             nodes=domains.nodes,
             claims=domains.claims,
@@ -161,6 +196,7 @@ class Agent:
             vaults=domains.vaults,
             connection_info=self.connection_info,
             hole_punch_relay=self._relay_hole_punch,
+            hole_punch_target=self._hole_punch_target,
         )
         manifest = merge_manifests(
             native_manifest(AGENT_SERVICE, servicer),
@@ -172,7 +208,18 @@ class Agent:
         )
         self._socket = socket = QUICSocket(self._host, self._port)
         await socket.start()
-        self._manager = manager = NodeConnectionManager(
+        self._hole_puncher = puncher = HolePuncher(self, self._hole_punch_config)
+        socket.on_unrouted = puncher.punch_received
+        loop = asyncio.get_running_loop()
+        self._relay = relay = RelayService(
+            socket,
+            identity.node_id,
+            self._existing_connection,
+            self._quic_config,
+            self._relay_config,
+            clock=loop.time,
+        )
+        self._manager = NodeConnectionManager(
             socket,
             credentials,
             quic_config=self._quic_config,
@@ -180,13 +227,14 @@ class Agent:
             stream_handler=self._handle_stream,
             rpc_config=self._rpc_client_config,
             node_id=identity.node_id,
+            on_connection_added=relay.attach,
         )
         self._quic_server = QUICServer(
             socket,
             credentials,
             self._quic_config,
             self._handle_stream,
-            on_connection=manager.register_incoming,
+            on_connection=self._incoming_connection,
         )
         await self._quic_server.start()
         self._health.set(AGENT_SERVICE_NAME, SERVING)
@@ -205,15 +253,21 @@ class Agent:
 
     async def _stop(self) -> None:
         self._health.enter_graceful_shutdown()
+        if self._hole_puncher is not None:
+            await self._hole_puncher.close()
         if self._rpc_server is not None:
             await self._rpc_server.stop(self._stop_grace)
         if self._manager is not None:
-            await self._manager.stop(0.0)
+            # Streams still open (a finished handler's unsent response, our own calls)
+            # get the same grace before their connections close.
+            await self._manager.stop(self._stop_grace)
+        if self._relay is not None:
+            self._relay.close()
         if self._quic_server is not None:
             await self._quic_server.stop(0.0)
         if self._socket is not None:
             await self._socket.close()
-        if self._domains is not None:
+        if self._domains is not None and self._domains_arg is None:
             await asyncio.to_thread(self._domains.close)
 
     async def __aenter__(self) -> Agent:
@@ -392,13 +446,29 @@ class Agent:
                 return address.host, address.port
         raise AgentError(f"node {node_id} has no {QUIC_TRANSPORT} address")
 
-    async def _relay_hole_punch(self, target: NodeId, requester: RequesterAddress) -> None:
-        """Ask ``target`` to reach the requester: needs a live connection to the target
-        (dialled or reused); the target's health check proves it is listening."""
+    async def _relay_hole_punch(
+        self, target: NodeId, requester: RequesterAddress
+    ) -> NodeAddress | None:
+        """Forward a hole punch to ``target`` over our connection to it (the one it
+        dialled, or a new dial): it then punches towards the requester's address as we
+        saw it. Returns the target's address as we see it (None if relayed)."""
         try:
             conn = await self.connect(target)
-            await conn.health.Check(
-                health_pb2.HealthCheckRequest(service=""),
+            await conn.stub.NodesHolePunchSignal(
+                pb.HolePunchSignalRequest(
+                    target=node_id_to_proto(target),
+                    transports=list(requester.address.transports),
+                    requester=common.NodeInfo(
+                        node_id=node_id_to_proto(requester.node_id),
+                        addresses=[
+                            common.NodeAddress(
+                                host=requester.address.host,
+                                port=requester.address.port,
+                                transports=list(requester.address.transports),
+                            )
+                        ],
+                    ),
+                ),
                 timeout=self._manager_config.connect_timeout,
             )
         except AgentError as exc:
@@ -412,3 +482,49 @@ class Agent:
             requester.address.host,
             requester.address.port,
         )
+        if is_relay_host(conn.host):
+            return None
+        return NodeAddress(host=conn.host, port=conn.port, transports=(QUIC_TRANSPORT,))
+
+    async def _hole_punch_target(self, requester: RequesterAddress, signaller: NodeId) -> None:
+        puncher = self._hole_puncher
+        if puncher is None or self._stopped:
+            raise HolePunchRelayError("the agent is not running")
+        await puncher.punch_towards(requester, signaller)
+
+    # -- hole punching and relaying ----------------------------------------------------
+
+    @property
+    def hole_puncher(self) -> HolePuncher:
+        """Hole punching state: ``results``, ``stats``, ``config``."""
+        return self._require(self._hole_puncher, "hole puncher")
+
+    @property
+    def relay(self) -> RelayService:
+        """The relay service (paths to relayed peers; forwarding if ``serve``)."""
+        return self._require(self._relay, "relay")
+
+    async def connect_via(self, node_id: NodeId, signaller: NodeId) -> NodeConnection:
+        """A connection to ``node_id``: the open one, else a direct one after a hole
+        punch signalled through ``signaller``, else (symmetric NAT) one relayed by it.
+        Raises :class:`~agent.quic.hole_punch.HolePunchError` if nothing worked; the
+        outcome is in :attr:`hole_puncher` ``.results``."""
+        return await self.hole_puncher.connect(node_id, signaller)
+
+    def _existing_connection(self, node_id: NodeId) -> NodeConnection | None:
+        manager = self._manager
+        return None if manager is None else manager.get_existing(node_id)
+
+    def _incoming_connection(self, connection: QUICConnection) -> None:
+        manager = self._manager
+        if manager is None:
+            return
+        conn = manager.register_incoming(connection)
+        if conn is None or not self._record_incoming_peers or is_relay_host(conn.host):
+            return
+        try:
+            self.nodes.set_node(
+                conn.node_id, [NodeAddress(conn.host, conn.port, (QUIC_TRANSPORT,))]
+            )
+        except Exception as exc:
+            _log.warning("cannot record %s at %s:%d: %s", conn.node_id, conn.host, conn.port, exc)

@@ -10,8 +10,9 @@ Differences from grpcio, by design:
 * QUIC is always TLS 1.3: ``insecure_channel`` / ``add_insecure_port`` raise
   :class:`UsageError`. ``ssl_channel_credentials`` / ``ssl_server_credentials`` take the
   usual arguments plus ``verify=`` — a custom peer verifier ``verify(chain_der) -> identity``.
-* ``compression`` arguments and ``wait_for_ready`` are accepted and ignored;
-  ``credentials=`` (call credentials) are accepted and ignored.
+* ``compression`` arguments and ``credentials=`` (call credentials) are accepted and
+  ignored. ``wait_for_ready=True`` keeps retrying the connection until the deadline;
+  without it a call fails UNAVAILABLE when no connection can be made.
 * Message size limits (``grpc.max_receive_message_length`` default 4 MiB,
   ``grpc.max_send_message_length``) and ``grpc.ssl_target_name_override`` are honoured;
   ``("quicshift.quic_config", QUICConfig(...))`` sets the QUIC transport's configuration;

@@ -185,7 +185,9 @@ class _MultiCallable:
 
     _streaming: tuple[bool, bool] = (False, False)
 
-    def _core(self, timeout: float | None, metadata: Any) -> CallCore:
+    def _core(
+        self, timeout: float | None, metadata: Any, wait_for_ready: bool | None = None
+    ) -> CallCore:
         channel = self._channel
         if channel.closed:
             raise UsageError("Channel is closed.")
@@ -199,6 +201,7 @@ class _MultiCallable:
             streaming=self._streaming,
             max_receive=channel.max_receive,
             max_send=channel.max_send,
+            wait_for_ready=bool(wait_for_ready),
         )
 
     def _details(
@@ -240,7 +243,7 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         return self._invoke(self._details(timeout, metadata, credentials, wait_for_ready), request)
 
     def _invoke(self, details: Any, request: Any) -> UnaryUnaryCall:
-        core = self._core(details.timeout, details.metadata)
+        core = self._core(details.timeout, details.metadata, details.wait_for_ready)
         call = UnaryUnaryCall(core)
         try:
             core.send_unary(request)
@@ -273,7 +276,7 @@ class UnaryStreamMultiCallable(_MultiCallable):
         return self._invoke(details, request)
 
     def _invoke(self, details: Any, request: Any) -> UnaryStreamCall:
-        core = self._core(details.timeout, details.metadata)
+        core = self._core(details.timeout, details.metadata, details.wait_for_ready)
         call = UnaryStreamCall(core)
         try:
             core.send_unary(request)
@@ -306,7 +309,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         return self._invoke(details, request_iterator)
 
     def _invoke(self, details: Any, request_iterator: Any) -> StreamUnaryCall:
-        core = self._core(details.timeout, details.metadata)
+        core = self._core(details.timeout, details.metadata, details.wait_for_ready)
         if request_iterator is not None:
             core.send_async_iterator(request_iterator)
         return StreamUnaryCall(core)
@@ -336,7 +339,7 @@ class StreamStreamMultiCallable(_MultiCallable):
         return self._invoke(details, request_iterator)
 
     def _invoke(self, details: Any, request_iterator: Any) -> StreamStreamCall:
-        core = self._core(details.timeout, details.metadata)
+        core = self._core(details.timeout, details.metadata, details.wait_for_ready)
         if request_iterator is not None:
             core.send_async_iterator(request_iterator)
         return StreamStreamCall(core)

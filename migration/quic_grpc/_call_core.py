@@ -24,6 +24,11 @@ __all__ = ["EOF", "CallCore", "CallEnded"]
 _LOG = logging.getLogger("migration.quic_grpc")
 
 
+RECONNECT_BACKOFF = 0.1
+MAX_RECONNECT_BACKOFF = 2.0
+"""Seconds between connection attempts of a ``wait_for_ready`` call (doubling)."""
+
+
 class _Eof:
     def __repr__(self) -> str:
         return "<grpc.aio.EOF>"
@@ -55,8 +60,10 @@ class CallCore:
         streaming: tuple[bool, bool],
         max_receive: int | None,
         max_send: int | None,
+        wait_for_ready: bool = False,
     ) -> None:
         self._streaming = streaming
+        self._wait_for_ready = wait_for_ready
         self.loop = asyncio.get_running_loop()
         self.method = method
         self._serializer = request_serializer
@@ -72,6 +79,7 @@ class CallCore:
         self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._settled = asyncio.Event()
+        self._first: bytes | None = None
         self.cancelled_locally = False
         self._open_task = self.loop.create_task(self._open(transport, metadata))
         self._open_task.add_done_callback(_retrieve)
@@ -81,19 +89,35 @@ class CallCore:
     # ---- opening
 
     async def _open(self, transport: ClientTransport, metadata: MetadataTuple) -> ClientCallIO:
-        try:
-            io = await transport.open_call(self.method, metadata, self.deadline, self._streaming)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._end_locally(CallStatus(code_number(StatusCode.UNAVAILABLE), _describe(exc)))
-            raise
+        backoff = RECONNECT_BACKOFF
+        while True:
+            try:
+                io = await transport.open_call(
+                    self.method, metadata, self.deadline, self._streaming
+                )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._wait_for_ready:
+                    # grpc's wait_for_ready: keep trying to connect until the deadline
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_RECONNECT_BACKOFF)
+                    continue
+                self._end_locally(CallStatus(code_number(StatusCode.UNAVAILABLE), _describe(exc)))
+                raise
         self._io = io
         if self._local is not None:
             io.cancel()
+        elif self._first is not None:
+            data, self._first = self._first, None
+            with contextlib.suppress(Exception):
+                await io.write(data, last=True)
         return io
 
     async def _get_io(self) -> ClientCallIO | None:
+        if self._io is not None:
+            return self._io
         try:
             return await asyncio.shield(self._open_task)
         except Exception:
@@ -118,7 +142,9 @@ class CallCore:
         self._settle(status)
 
     def _on_deadline(self) -> None:
-        self._end_locally(CallStatus(code_number(StatusCode.DEADLINE_EXCEEDED), "Deadline Exceeded"))
+        self._end_locally(
+            CallStatus(code_number(StatusCode.DEADLINE_EXCEEDED), "Deadline Exceeded")
+        )
 
     def cancel(self) -> bool:
         """Cancel the call locally (CANCELLED); False if it had already ended."""
@@ -198,8 +224,14 @@ class CallCore:
             await io.done_writing()
 
     def send_unary(self, request: Any) -> None:
-        """Send the one request of a unary-request call and half-close (in a task)."""
+        """Send the one request of a unary-request call and half-close.
+
+        Called right after construction, the request goes out with the call's opening
+        (header, message and end of requests in one packet); otherwise from a task."""
         data = self._serialize(request)
+        if self._io is None and not self._open_task.done():
+            self._first = data
+            return
 
         async def send() -> None:
             io = await self._get_io()
@@ -282,16 +314,11 @@ class CallCore:
             io = await self._get_io()
             if io is None:
                 return ()
-            getter = self.loop.create_task(io.initial_metadata())
-            settled = self.loop.create_task(self._settled.wait())
+            # the transport resolves initial metadata on the first response, the trailer
+            # or a cancel (which every local ending does)
             try:
-                await asyncio.wait({getter, settled}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                settled.cancel()
-            if getter.done() and not getter.cancelled() and getter.exception() is None:
-                self._initial = normalize_metadata(getter.result())
-            else:
-                getter.cancel()
+                self._initial = normalize_metadata(await io.initial_metadata())
+            except Exception:
                 return ()
         return self._initial
 
@@ -301,24 +328,18 @@ class CallCore:
             return self.status
         io = await self._get_io()
         if io is not None and self.status is None:
-            getter = self.loop.create_task(io.status())
-            settled = self.loop.create_task(self._settled.wait())
+            # the transport settles its status on the trailer, a failure or a cancel
+            # (which every local ending does), so this wait always ends
             try:
-                await asyncio.wait({getter, settled}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                settled.cancel()
+                status = await io.status()
+            except Exception as exc:
+                status = CallStatus(code_number(StatusCode.UNAVAILABLE), _describe(exc))
             if self.status is None:
-                try:
-                    status = getter.result()
-                except Exception as exc:
-                    status = CallStatus(code_number(StatusCode.UNAVAILABLE), _describe(exc))
                 self._settle(
                     CallStatus(
                         status.code, status.details, normalize_metadata(status.trailing_metadata)
                     )
                 )
-            else:
-                getter.cancel()
         await self._settled.wait()
         return self._final()
 

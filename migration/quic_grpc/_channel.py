@@ -214,7 +214,9 @@ class _MultiCallable:
 
     _streaming: tuple[bool, bool] = (False, False)
 
-    def _new_core(self, timeout: float | None, metadata: Any) -> CallCore:
+    def _new_core(
+        self, timeout: float | None, metadata: Any, wait_for_ready: bool | None = None
+    ) -> CallCore:
         channel = self._channel
         if channel.closed:
             raise UsageError("Cannot invoke RPC on closed channel!")
@@ -231,6 +233,7 @@ class _MultiCallable:
                 streaming=self._streaming,
                 max_receive=channel.max_receive,
                 max_send=channel.max_send,
+                wait_for_ready=bool(wait_for_ready),
             )
 
         return run_on_loop(make())
@@ -243,9 +246,7 @@ class _MultiCallable:
                 start()
                 response = await core.read()
                 if response is EOF:
-                    raise CallEnded(
-                        CallStatus(StatusCode.INTERNAL.value[0], "No response message")
-                    )
+                    raise CallEnded(CallStatus(StatusCode.INTERNAL.value[0], "No response message"))
                 end = await core.read()
                 if end is not EOF:
                     raise CallEnded(CallStatus(StatusCode.INTERNAL.value[0], "Too many responses"))
@@ -267,8 +268,10 @@ class _MultiCallable:
 class UnaryUnaryMultiCallable(_MultiCallable):
     _streaming = (False, False)
 
-    def _start(self, request: Any, timeout: float | None, metadata: Any) -> _UnaryOutcome:
-        core = self._new_core(timeout, metadata)
+    def _start(
+        self, request: Any, timeout: float | None, metadata: Any, wait_for_ready: bool | None
+    ) -> _UnaryOutcome:
+        core = self._new_core(timeout, metadata, wait_for_ready)
 
         def start() -> None:
             core.send_unary(request)
@@ -284,7 +287,7 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        outcome = self._start(request, timeout, metadata)
+        outcome = self._start(request, timeout, metadata, wait_for_ready)
         return self._wait(outcome._future, outcome._core)
 
     def with_call(
@@ -296,7 +299,7 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> tuple[Any, _UnaryOutcome]:
-        outcome = self._start(request, timeout, metadata)
+        outcome = self._start(request, timeout, metadata, wait_for_ready)
         return self._wait(outcome._future, outcome._core), outcome
 
     def future(
@@ -308,14 +311,20 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> _UnaryOutcome:
-        return self._start(request, timeout, metadata)
+        return self._start(request, timeout, metadata, wait_for_ready)
 
 
 class StreamUnaryMultiCallable(_MultiCallable):
     _streaming = (True, False)
 
-    def _start(self, request_iterator: Any, timeout: float | None, metadata: Any) -> _UnaryOutcome:
-        core = self._new_core(timeout, metadata)
+    def _start(
+        self,
+        request_iterator: Any,
+        timeout: float | None,
+        metadata: Any,
+        wait_for_ready: bool | None,
+    ) -> _UnaryOutcome:
+        core = self._new_core(timeout, metadata, wait_for_ready)
         outcome = _UnaryOutcome(core, self._unary_response(core, lambda: None))
         _pump_requests(core, request_iterator)
         return outcome
@@ -329,7 +338,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        outcome = self._start(request_iterator, timeout, metadata)
+        outcome = self._start(request_iterator, timeout, metadata, wait_for_ready)
         return self._wait(outcome._future, outcome._core)
 
     def with_call(
@@ -341,7 +350,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> tuple[Any, _UnaryOutcome]:
-        outcome = self._start(request_iterator, timeout, metadata)
+        outcome = self._start(request_iterator, timeout, metadata, wait_for_ready)
         return self._wait(outcome._future, outcome._core), outcome
 
     def future(
@@ -353,7 +362,7 @@ class StreamUnaryMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> _UnaryOutcome:
-        return self._start(request_iterator, timeout, metadata)
+        return self._start(request_iterator, timeout, metadata, wait_for_ready)
 
 
 class UnaryStreamMultiCallable(_MultiCallable):
@@ -368,7 +377,7 @@ class UnaryStreamMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> _StreamingOutcome:
-        core = self._new_core(timeout, metadata)
+        core = self._new_core(timeout, metadata, wait_for_ready)
 
         async def start() -> None:
             core.send_unary(request)
@@ -392,7 +401,7 @@ class StreamStreamMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> _StreamingOutcome:
-        core = self._new_core(timeout, metadata)
+        core = self._new_core(timeout, metadata, wait_for_ready)
         _pump_requests(core, request_iterator)
         return _StreamingOutcome(core)
 
@@ -566,5 +575,3 @@ def channel_ready_future(channel: Any) -> Future:
             return _ReadyFuture(inner)
         raise TypeError("channel_ready_future needs a migration.quic_grpc channel")
     return _ReadyFuture(channel)
-
-

@@ -282,8 +282,8 @@ class _AioRpcError(_RpcError):
     def __str__(self) -> str:
         return (
             f"<{type(self).__name__} of RPC that terminated with:\n"
-            f"\tstatus = {self._code}\n\tdetails = \"{self._details}\"\n"
-            f"\tdebug_error_string = \"{self._debug_error_string}\"\n>"
+            f'\tstatus = {self._code}\n\tdetails = "{self._details}"\n'
+            f'\tdebug_error_string = "{self._debug_error_string}"\n>'
         )
 
     __repr__ = __str__
@@ -335,6 +335,18 @@ class _AioClientCallDetailsFields(NamedTuple):
     credentials: Any
     wait_for_ready: bool | None
 
+
+# The fallbacks print like grpcio's classes (``StatusCode.NOT_FOUND``, not ``_StatusCode...``).
+for _fallback in (
+    _StatusCode,
+    _ChannelConnectivity,
+    _Compression,
+    _FutureTimeoutError,
+    _FutureCancelledError,
+    _RpcError,
+    _AioRpcError,
+):
+    _fallback.__name__ = _fallback.__qualname__ = _fallback.__name__.lstrip("_")
 
 # --------------------------------------------------------------------------- selection
 

@@ -70,13 +70,9 @@ class QUICServerCredentials(ServerCredentials):
         super().__init__(None)
         pairs = tuple((bytes(k), bytes(c)) for k, c in private_key_certificate_chain_pairs)
         if not pairs:
-            raise ValueError(
-                "at least one private key and certificate chain pair must be provided"
-            )
+            raise ValueError("at least one private key and certificate chain pair must be provided")
         if require_client_auth and root_certificates is None and verify is None:
-            raise ValueError(
-                "require_client_auth needs root_certificates or a verify callback"
-            )
+            raise ValueError("require_client_auth needs root_certificates or a verify callback")
         if verify is not None and not callable(verify):
             raise TypeError("verify must be callable: verify(peer_chain_der) -> identity")
         self.private_key_certificate_chain_pairs = pairs

@@ -104,8 +104,8 @@ class InactiveRpcError(RpcError, Call, Future):
     def __str__(self) -> str:
         return (
             f"<{type(self).__name__} of RPC that terminated with:\n"
-            f"\tstatus = {self._code}\n\tdetails = \"{self._details}\"\n"
-            f"\tdebug_error_string = \"{self.debug_error_string()}\"\n>"
+            f'\tstatus = {self._code}\n\tdetails = "{self._details}"\n'
+            f'\tdebug_error_string = "{self.debug_error_string()}"\n>'
         )
 
     __repr__ = __str__

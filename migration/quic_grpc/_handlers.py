@@ -116,8 +116,12 @@ def method_handlers_generic_handler(
 
 def check_method_handler(handler: Any, method: str) -> None:
     """Raise TypeError unless ``handler`` has grpcio's RpcMethodHandler attributes."""
-    for attr in ("request_streaming", "response_streaming", "request_deserializer",
-                 "response_serializer"):
+    for attr in (
+        "request_streaming",
+        "response_streaming",
+        "request_deserializer",
+        "response_serializer",
+    ):
         if not hasattr(handler, attr):
             raise TypeError(f"handler for {method} is not an RpcMethodHandler (no {attr})")
     if behavior_of(handler) is None:

@@ -41,9 +41,7 @@ def _kwargs(details: Any) -> dict[str, Any]:
 
 
 class _Intercepted:
-    def __init__(
-        self, method: str, thunk: Callable[[str], Any], interceptor: Any
-    ) -> None:
+    def __init__(self, method: str, thunk: Callable[[str], Any], interceptor: Any) -> None:
         self._method = method
         self._thunk = thunk
         self._interceptor = interceptor
@@ -187,8 +185,13 @@ class InterceptedChannel:
         _registered_method: bool | None = False,
     ) -> Any:
         return self._wrap(
-            "unary_unary", UnaryUnaryClientInterceptor, _UnaryUnary, method,
-            request_serializer, response_deserializer, _registered_method,
+            "unary_unary",
+            UnaryUnaryClientInterceptor,
+            _UnaryUnary,
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def unary_stream(
@@ -199,8 +202,13 @@ class InterceptedChannel:
         _registered_method: bool | None = False,
     ) -> Any:
         return self._wrap(
-            "unary_stream", UnaryStreamClientInterceptor, _UnaryStream, method,
-            request_serializer, response_deserializer, _registered_method,
+            "unary_stream",
+            UnaryStreamClientInterceptor,
+            _UnaryStream,
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def stream_unary(
@@ -211,8 +219,13 @@ class InterceptedChannel:
         _registered_method: bool | None = False,
     ) -> Any:
         return self._wrap(
-            "stream_unary", StreamUnaryClientInterceptor, _StreamUnary, method,
-            request_serializer, response_deserializer, _registered_method,
+            "stream_unary",
+            StreamUnaryClientInterceptor,
+            _StreamUnary,
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def stream_stream(
@@ -223,8 +236,13 @@ class InterceptedChannel:
         _registered_method: bool | None = False,
     ) -> Any:
         return self._wrap(
-            "stream_stream", StreamStreamClientInterceptor, _StreamStream, method,
-            request_serializer, response_deserializer, _registered_method,
+            "stream_stream",
+            StreamStreamClientInterceptor,
+            _StreamStream,
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def subscribe(self, callback: Callable[[Any], None], try_to_connect: bool = False) -> None:
@@ -263,5 +281,3 @@ def intercept_channel(channel: Any, *interceptors: Any) -> Any:
             )
         result = InterceptedChannel(result, interceptor)
     return result
-
-

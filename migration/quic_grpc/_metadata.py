@@ -61,9 +61,7 @@ def _check_value(key: str, value: Any) -> MetadataValue:
                 f"metadata value for {key!r} is not ASCII; binary values need a '-bin' key"
             ) from None
     if not isinstance(value, str):
-        raise MetadataError(
-            f"metadata value for {key!r} must be str, got {type(value).__name__}"
-        )
+        raise MetadataError(f"metadata value for {key!r} must be str, got {type(value).__name__}")
     for ch in value:
         if not " " <= ch <= "~":
             raise MetadataError(

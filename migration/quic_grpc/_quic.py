@@ -156,9 +156,7 @@ def server_tls(credentials: QUICServerCredentials) -> TLSCredentials:
     return TLSCredentials.load(key, chain, verify)
 
 
-def client_tls(
-    credentials: QUICChannelCredentials, server_name: str | None
-) -> TLSCredentials:
+def client_tls(credentials: QUICChannelCredentials, server_name: str | None) -> TLSCredentials:
     """QUIC TLS credentials for a channel from grpc-shaped channel credentials."""
     if credentials.private_key is not None and credentials.certificate_chain is not None:
         key, chain = credentials.private_key, credentials.certificate_chain

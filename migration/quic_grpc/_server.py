@@ -124,9 +124,7 @@ class _Dispatcher:
         self._registered: dict[str, Any] = {}
         self._interceptors = list(interceptors or ())
         opts: Mapping[str, Any] = dict(options or ())
-        self.max_receive = _limit(
-            opts.get("grpc.max_receive_message_length", DEFAULT_MAX_RECEIVE)
-        )
+        self.max_receive = _limit(opts.get("grpc.max_receive_message_length", DEFAULT_MAX_RECEIVE))
         self.max_send = _limit(opts.get("grpc.max_send_message_length", -1))
         if maximum_concurrent_rpcs is not None and maximum_concurrent_rpcs < 1:
             raise ValueError("maximum_concurrent_rpcs must be None or positive")
@@ -169,9 +167,7 @@ class _Dispatcher:
         if index == len(self._interceptors):
             return self._lookup(details)
         interceptor = self._interceptors[index]
-        return interceptor.intercept_service(
-            lambda d: self._lookup_sync(d, index + 1), details
-        )
+        return interceptor.intercept_service(lambda d: self._lookup_sync(d, index + 1), details)
 
     async def _lookup_aio(self, details: Any, index: int = 0) -> Any:
         if index == len(self._interceptors):
@@ -228,9 +224,7 @@ class _Dispatcher:
         except Exception as exc:
             _LOG.exception("Exception servicing handler")
             await io.finish(
-                CallStatus(
-                    code_number(StatusCode.UNKNOWN), f"Exception servicing handler: {exc}"
-                )
+                CallStatus(code_number(StatusCode.UNKNOWN), f"Exception servicing handler: {exc}")
             )
             state.terminate()
             return
@@ -661,5 +655,3 @@ def aio_server(
         compression,
         binder=binder,
     )
-
-

@@ -530,9 +530,7 @@ class StreamClientTransport:
                 Role.CLIENT,
                 max_message_size=UNLIMITED if self._max_receive is None else self._max_receive,
             )
-            header = protocol.send_request_header(
-                method, kind_for(streaming), metadata, timeout_us
-            )
+            header = protocol.send_request_header(method, kind_for(streaming), metadata, timeout_us)
             call = _StreamClientCall(stream, protocol, header)
             if streaming[0]:
                 # a streaming request may start with no message: the header goes out now

@@ -105,9 +105,11 @@ def describe_service(service: ServiceDescriptor) -> tuple[MethodShape, ...]:
 
 def _method_handler(shape: MethodShape, behavior: Callable[..., Any]) -> MethodHandler:
     behaviours: list[Callable[..., Any] | None] = [None, None, None, None]
-    behaviours[[(False, False), (False, True), (True, False), (True, True)].index(
-        (shape.request_streaming, shape.response_streaming)
-    )] = behavior
+    behaviours[
+        [(False, False), (False, True), (True, False), (True, True)].index(
+            (shape.request_streaming, shape.response_streaming)
+        )
+    ] = behavior
     return MethodHandler(
         shape.request_streaming,
         shape.response_streaming,
@@ -197,9 +199,7 @@ EOF: Any = _Eof()
 class NativeServicerContext:
     """A ``grpc.aio.ServicerContext``-shaped view of quic_rpc's ``ServerCallContext``."""
 
-    def __init__(
-        self, ctx: ServerCallContext, requests: AsyncIterator[Any] | None = None
-    ) -> None:
+    def __init__(self, ctx: ServerCallContext, requests: AsyncIterator[Any] | None = None) -> None:
         self._ctx = ctx
         self._requests = requests
         self._code: StatusCode | None = None
@@ -315,9 +315,7 @@ def _native_handler(shape: MethodShape, behavior: Callable[..., Any]) -> Handler
             return behavior(request, NativeServicerContext(ctx))
 
         fn = call_single
-    return Handler(
-        shape.kind, fn, shape.request_class.FromString, shape.serialize_response
-    )
+    return Handler(shape.kind, fn, shape.request_class.FromString, shape.serialize_response)
 
 
 def native_manifest(service: ServiceDescriptor, servicer: Any) -> dict[str, Handler[Any, Any]]:

@@ -60,7 +60,9 @@ def _transport(
 ) -> StreamClientTransport:
     from ._server import DEFAULT_MAX_RECEIVE, _limit
 
-    max_receive = _limit(dict(options or ()).get("grpc.max_receive_message_length", DEFAULT_MAX_RECEIVE))
+    max_receive = _limit(
+        dict(options or ()).get("grpc.max_receive_message_length", DEFAULT_MAX_RECEIVE)
+    )
     return StreamClientTransport(_MemoryConnector(server, max_receive), max_receive=max_receive)
 
 
@@ -74,8 +76,6 @@ def aio_memory_channel(
     return AioChannel(_transport(server, options), options=options, interceptors=interceptors)
 
 
-def memory_channel(
-    server: Server, *, options: Sequence[tuple[str, Any]] | None = None
-) -> Channel:
+def memory_channel(server: Server, *, options: Sequence[tuple[str, Any]] | None = None) -> Channel:
     """A sync channel whose calls reach the sync ``server`` in memory."""
     return Channel(lambda: _transport(server, options), options=options)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from aioquic.quic.connection import (
     END_STATES,
     MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnection,
+    QuicConnectionState,
 )
 from aioquic.quic.packet import (
     QuicFrameType,
@@ -258,6 +260,12 @@ class EngineConnection(QuicConnection):
         return bool(self._handshake_complete)
 
     @property
+    def packet_received(self) -> bool:
+        """True once a packet from the peer was decrypted (a server connection that never
+        decrypted anything was started by garbage or a spoofed datagram)."""
+        return self._state is not QuicConnectionState.FIRSTFLIGHT
+
+    @property
     def is_closing(self) -> bool:
         """True once a close was sent or received (the streams are unusable)."""
         return self._close_event is not None or self._state in END_STATES
@@ -426,8 +434,15 @@ class EngineConnection(QuicConnection):
         chain_der = tuple(cert.public_bytes(der) for cert in chain)
         try:
             identity = self._verify(chain_der)
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # fail closed whatever the callback raises
             self._reject(f"{type(exc).__name__}: {exc}")
+        if inspect.isawaitable(identity):  # an async callback would accept unverified
+            close = getattr(identity, "close", None)
+            if close is not None:
+                close()
+            self._reject("the verify callback returned an awaitable; it must be synchronous")
         self.peer_chain_der = chain_der
         self.peer_identity = identity
         self.peer_verified = True

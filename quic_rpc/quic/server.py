@@ -177,13 +177,18 @@ class QUICServer:
         conn = QUICConnection(
             self._socket, engine, self._config, stream_handler=self._stream_handler
         )
+        conn._datagram_received(data, peer, now)
+        if not engine.packet_received:
+            # Nothing in it could be decrypted: garbage or spoofed. Keep no state, or a
+            # burst of such datagrams would hold max_connections for handshake_timeout.
+            self._socket.datagrams_dropped += 1
+            return None
         conn._on_established = self._connection_established
         conn._on_finalized = self._connection_finalized
         conn._on_handshake_failed = self._handshake_failed
         self._all.add(conn)
         self._socket._add_connection(conn, [header.destination_cid, engine.host_cid])
         conn._start_handshake_timer()
-        conn._datagram_received(data, peer, now)
         return conn
 
     def _refuse(self, header: PacketHeader, data: bytes, peer: tuple[str, int], now: float) -> None:

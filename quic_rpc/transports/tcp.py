@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import ssl as _ssl
 import struct
@@ -411,8 +412,16 @@ class _Session(asyncio.Protocol):
         if self._verify is not None:
             try:
                 identity = self._verify(chain)
-            except Exception as exc:
-                self._refuse(f"peer certificate rejected: {exc}")
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # fail closed whatever the callback raises
+                self._refuse(f"peer certificate rejected: {type(exc).__name__}: {exc}")
+                return
+            if inspect.isawaitable(identity):  # an async callback would accept unverified
+                close = getattr(identity, "close", None)
+                if close is not None:
+                    close()
+                self._refuse("peer certificate rejected: the verify callback must be synchronous")
                 return
         self._peer_info = PeerInfo(
             transport=self._transport_name,

@@ -131,3 +131,19 @@ def test_every_target_names_a_reported_metric() -> None:
     keys = {(m.workload, m.key) for m in METRICS}
     assert all((t.workload, t.key) in keys for t in TARGETS)
     assert set(STACKS) == {"grpc-direct", "grpc-proxy", "adapter-quic", "native-quic"}
+
+
+def test_cpu_cost_per_unit_of_work() -> None:
+    from benchmarks.harness import _cpu_cost
+
+    params = workload_params(True)["unary"]
+    cost = _cpu_cost("unary", params, (1.0, 2.0), (1.5, 2.25))
+    calls = params["warmup"] + params["calls"]
+    assert cost["cpu_unit"] == "call"
+    assert cost["server_cpu_us_per_unit"] == round(0.5 / calls * 1e6, 1)
+    assert cost["client_cpu_us_per_unit"] == round(0.25 / calls * 1e6, 1)
+    assert _cpu_cost("connect", {}, (0.0, 0.0), (1.0, 1.0)) == {
+        "server_cpu_s": 1.0,
+        "client_cpu_s": 1.0,
+    }
+    assert _cpu_cost("unary", params, None, (1.0, 1.0)) == {}

@@ -45,8 +45,12 @@ def compat_protos(tmp_path_factory: pytest.TempPathFactory) -> Protos:
     out = tmp_path_factory.mktemp("compat_protos")
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc",
-            f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_DIR}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
             str(PROTO_DIR / "compat_test.proto"),
         ],
         check=True,

@@ -43,7 +43,7 @@ def _payload(pb2: Any, request: Any) -> bytes:
 
 
 def make_sync_servicer(g: Any, pb2: Any, pb2_grpc: Any, rec: Recorder) -> Any:
-    class SyncCompat(pb2_grpc.CompatServicer):  # type: ignore[misc,name-defined]
+    class SyncCompat(pb2_grpc.CompatServicer):
         def _metadata(self, context: Any) -> None:
             initial, trailing = _echoed(context.invocation_metadata())
             if initial:
@@ -121,7 +121,7 @@ def make_sync_servicer(g: Any, pb2: Any, pb2_grpc: Any, rec: Recorder) -> Any:
 
 
 def make_aio_servicer(g: Any, pb2: Any, pb2_grpc: Any, rec: Recorder) -> Any:
-    class AioCompat(pb2_grpc.CompatServicer):  # type: ignore[misc,name-defined]
+    class AioCompat(pb2_grpc.CompatServicer):
         async def _metadata(self, context: Any) -> None:
             initial, trailing = _echoed(context.invocation_metadata())
             if initial:
@@ -218,7 +218,7 @@ def make_server_interceptor(g: Any, rec: Recorder, *, aio: bool) -> Any:
 
     if aio:
 
-        class AioRecording(g.aio.ServerInterceptor):  # type: ignore[misc,name-defined]
+        class AioRecording(g.aio.ServerInterceptor):
             async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
                 rec.methods.append(handler_call_details.method)
                 if denied(handler_call_details):
@@ -227,7 +227,7 @@ def make_server_interceptor(g: Any, rec: Recorder, *, aio: bool) -> Any:
 
         return AioRecording()
 
-    class Recording(g.ServerInterceptor):  # type: ignore[misc,name-defined]
+    class Recording(g.ServerInterceptor):
         def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
             rec.methods.append(handler_call_details.method)
             if denied(handler_call_details):
@@ -247,21 +247,29 @@ def make_client_interceptor(g: Any, *, aio: bool) -> Any:
     if aio:
 
         class AioAdding(
-            g.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc,name-defined]
-            g.aio.UnaryStreamClientInterceptor,  # type: ignore[misc,name-defined]
-            g.aio.StreamUnaryClientInterceptor,  # type: ignore[misc,name-defined]
-            g.aio.StreamStreamClientInterceptor,  # type: ignore[misc,name-defined]
+            g.aio.UnaryUnaryClientInterceptor,
+            g.aio.UnaryStreamClientInterceptor,
+            g.aio.StreamUnaryClientInterceptor,
+            g.aio.StreamStreamClientInterceptor,
         ):
-            async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            async def intercept_unary_unary(
+                self, continuation: Any, details: Any, request: Any
+            ) -> Any:
                 return await continuation(add(details), request)
 
-            async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            async def intercept_unary_stream(
+                self, continuation: Any, details: Any, request: Any
+            ) -> Any:
                 return await continuation(add(details), request)
 
-            async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+            async def intercept_stream_unary(
+                self, continuation: Any, details: Any, requests: Any
+            ) -> Any:
                 return await continuation(add(details), requests)
 
-            async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+            async def intercept_stream_stream(
+                self, continuation: Any, details: Any, requests: Any
+            ) -> Any:
                 return await continuation(add(details), requests)
 
         return AioAdding()
@@ -271,22 +279,26 @@ def make_client_interceptor(g: Any, *, aio: bool) -> Any:
             "Details",
             ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
         ),
-        g.ClientCallDetails,  # type: ignore[misc,name-defined]
+        g.ClientCallDetails,
     ):
         pass
 
     def add_sync(details: Any) -> Any:
         metadata = [*list(details.metadata or ()), ("x-intercepted", "client")]
         return Details(
-            details.method, details.timeout, metadata, details.credentials,
-            details.wait_for_ready, details.compression,
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
         )
 
     class Adding(
-        g.UnaryUnaryClientInterceptor,  # type: ignore[misc,name-defined]
-        g.UnaryStreamClientInterceptor,  # type: ignore[misc,name-defined]
-        g.StreamUnaryClientInterceptor,  # type: ignore[misc,name-defined]
-        g.StreamStreamClientInterceptor,  # type: ignore[misc,name-defined]
+        g.UnaryUnaryClientInterceptor,
+        g.UnaryStreamClientInterceptor,
+        g.StreamUnaryClientInterceptor,
+        g.StreamStreamClientInterceptor,
     ):
         def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
             return continuation(add_sync(details), request)

@@ -87,7 +87,10 @@ async def agent_env(states: tuple[AgentState, AgentState], pki: PKI) -> AsyncIte
     channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(pki.ca_pem))
     try:
         yield AgentEnv(
-            caller, server_identity, nodes, pb_grpc.AgentServiceStub(channel),
+            caller,
+            server_identity,
+            nodes,
+            pb_grpc.AgentServiceStub(channel),
             ClaimStore(client_state),
         )
     finally:

@@ -247,7 +247,11 @@ async def test_abort_in_client_streaming(aio_env: AioEnv) -> None:
 
 async def test_abort_in_bidi(aio_env: AioEnv) -> None:
     g, pb2 = aio_env.g, aio_env.pb2
-    requests = [pb2.EchoRequest(payload=b"a"), pb2.EchoRequest(payload=b"b"), pb2.EchoRequest(abort_after=2, code_name="OUT_OF_RANGE", details="enough")]
+    requests = [
+        pb2.EchoRequest(payload=b"a"),
+        pb2.EchoRequest(payload=b"b"),
+        pb2.EchoRequest(abort_after=2, code_name="OUT_OF_RANGE", details="enough"),
+    ]
     got = []
     with pytest.raises(g.aio.AioRpcError) as info:
         async for reply in aio_env.stub.Bidi(_aiter(requests), timeout=10):

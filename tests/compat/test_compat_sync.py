@@ -15,9 +15,21 @@ RESPONSE_SIZE = 314_159
 FOUR_MIB = 4 * 1024 * 1024
 DETAILS = "  spaced\tout\nover lines \U0001f389 \U0001d11e end  "
 ERROR_CODES = [
-    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
     "UNAUTHENTICATED",
 ]
 
@@ -162,7 +174,10 @@ def test_time_remaining_on_server(sync_env: SyncEnv) -> None:
     remaining = sync_env.rec["tr"]["time_remaining"]
     assert remaining is not None and 0 < remaining <= 30
     sync_env.stub.Unary(sync_env.pb2.EchoRequest(tag="none"))
-    assert sync_env.rec["none"]["time_remaining"] is None or sync_env.rec["none"]["time_remaining"] > 10**6
+    assert (
+        sync_env.rec["none"]["time_remaining"] is None
+        or sync_env.rec["none"]["time_remaining"] > 10**6
+    )
 
 
 def test_peer_and_auth_context(sync_env: SyncEnv) -> None:
@@ -273,7 +288,11 @@ def test_abort_in_client_streaming(sync_env: SyncEnv) -> None:
 
 def test_abort_in_bidi(sync_env: SyncEnv) -> None:
     g, pb2 = sync_env.g, sync_env.pb2
-    requests = [pb2.EchoRequest(payload=b"a"), pb2.EchoRequest(payload=b"b"), pb2.EchoRequest(abort_after=2, code_name="OUT_OF_RANGE", details="enough")]
+    requests = [
+        pb2.EchoRequest(payload=b"a"),
+        pb2.EchoRequest(payload=b"b"),
+        pb2.EchoRequest(abort_after=2, code_name="OUT_OF_RANGE", details="enough"),
+    ]
     got = []
     with pytest.raises(g.RpcError) as info:
         for reply in sync_env.stub.Bidi(iter(requests), timeout=10):

@@ -186,24 +186,56 @@ def test_credentials_checks() -> None:
 
 def test_public_api_pinned() -> None:
     expected_sync = {
-        "StatusCode", "RpcError", "Call", "Future", "ServicerContext", "RpcMethodHandler",
-        "HandlerCallDetails", "GenericRpcHandler", "ServerInterceptor", "ClientCallDetails",
-        "UnaryUnaryClientInterceptor", "UnaryStreamClientInterceptor",
-        "StreamUnaryClientInterceptor", "StreamStreamClientInterceptor", "ChannelConnectivity",
-        "FutureTimeoutError", "FutureCancelledError", "server", "secure_channel",
-        "insecure_channel", "intercept_channel", "channel_ready_future",
-        "ssl_channel_credentials", "ssl_server_credentials", "unary_unary_rpc_method_handler",
-        "unary_stream_rpc_method_handler", "stream_unary_rpc_method_handler",
-        "stream_stream_rpc_method_handler", "method_handlers_generic_handler", "aio",
+        "StatusCode",
+        "RpcError",
+        "Call",
+        "Future",
+        "ServicerContext",
+        "RpcMethodHandler",
+        "HandlerCallDetails",
+        "GenericRpcHandler",
+        "ServerInterceptor",
+        "ClientCallDetails",
+        "UnaryUnaryClientInterceptor",
+        "UnaryStreamClientInterceptor",
+        "StreamUnaryClientInterceptor",
+        "StreamStreamClientInterceptor",
+        "ChannelConnectivity",
+        "FutureTimeoutError",
+        "FutureCancelledError",
+        "server",
+        "secure_channel",
+        "insecure_channel",
+        "intercept_channel",
+        "channel_ready_future",
+        "ssl_channel_credentials",
+        "ssl_server_credentials",
+        "unary_unary_rpc_method_handler",
+        "unary_stream_rpc_method_handler",
+        "stream_unary_rpc_method_handler",
+        "stream_stream_rpc_method_handler",
+        "method_handlers_generic_handler",
+        "aio",
     }
     assert expected_sync <= set(quic_grpc.__all__)
     for name in expected_sync:
         assert hasattr(grpc, name), name
     expected_aio = {
-        "server", "secure_channel", "insecure_channel", "AioRpcError", "Metadata", "EOF",
-        "ServerInterceptor", "ClientCallDetails", "UnaryUnaryClientInterceptor",
-        "UnaryStreamClientInterceptor", "StreamUnaryClientInterceptor",
-        "StreamStreamClientInterceptor", "ServicerContext", "Channel", "Server",
+        "server",
+        "secure_channel",
+        "insecure_channel",
+        "AioRpcError",
+        "Metadata",
+        "EOF",
+        "ServerInterceptor",
+        "ClientCallDetails",
+        "UnaryUnaryClientInterceptor",
+        "UnaryStreamClientInterceptor",
+        "StreamUnaryClientInterceptor",
+        "StreamStreamClientInterceptor",
+        "ServicerContext",
+        "Channel",
+        "Server",
     }
     assert expected_aio <= set(quic_grpc.aio.__all__)
     for name in expected_aio:
@@ -226,10 +258,10 @@ def _echo_handlers(g: Any, *, aio: bool) -> Any:
 
     else:
 
-        def unary(request: bytes, context: Any) -> bytes:  # type: ignore[misc]
+        def unary(request: bytes, context: Any) -> bytes:
             return request[::-1]
 
-        def stream(request: bytes, context: Any) -> Any:  # type: ignore[misc]
+        def stream(request: bytes, context: Any) -> Any:
             for byte in request:
                 yield bytes([byte])
 
@@ -249,7 +281,9 @@ async def test_aio_memory_channel() -> None:
         assert await call == b"cba"
         assert ("x-peer", "ipv4:127.0.0.1:1") in tuple(await call.initial_metadata())
         assert [m async for m in channel.unary_stream("/t.Echo/Split")(b"xyz")] == [
-            b"x", b"y", b"z",
+            b"x",
+            b"y",
+            b"z",
         ]
         with pytest.raises(quic_grpc.aio.AioRpcError) as info:
             await channel.unary_unary("/t.Echo/Nope")(b"")
@@ -341,8 +375,11 @@ def test_sync_handler_blocked_reading_is_released_at_deadline() -> None:
 
 @pytest.mark.parametrize(
     ("address", "target"),
-    [("localhost:0", "localhost:{port}"), ("127.0.0.1:0", "ipv4:127.0.0.1:{port}"),
-     ("[::1]:0", "[::1]:{port}")],
+    [
+        ("localhost:0", "localhost:{port}"),
+        ("127.0.0.1:0", "ipv4:127.0.0.1:{port}"),
+        ("[::1]:0", "[::1]:{port}"),
+    ],
 )
 async def test_bind_addresses_and_targets(address: str, target: str, pki: Any) -> None:
     server = quic_grpc.aio.server(handlers=[_echo_handlers(quic_grpc, aio=True)])
@@ -358,3 +395,31 @@ async def test_bind_addresses_and_targets(address: str, target: str, pki: Any) -
             assert await channel.unary_unary("/t.Echo/Reverse")(b"ab", timeout=10) == b"ba"
     finally:
         await server.stop(None)
+
+
+async def test_wait_for_ready_waits_for_the_server(pki: Any) -> None:
+    """Without wait_for_ready a call to a missing server fails UNAVAILABLE; with it, the
+    call waits (within its deadline) until the server is up."""
+    from quic_rpc.quic import QUICConfig
+
+    options = [("quicshift.quic_config", QUICConfig(handshake_timeout=0.5))]
+    server = quic_grpc.aio.server(handlers=[_echo_handlers(quic_grpc, aio=True)])
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        quic_grpc.ssl_server_credentials([(pki.server_key_pem, pki.server_chain_pem)]),
+    )
+    async with quic_grpc.aio.secure_channel(
+        f"127.0.0.1:{port}", quic_grpc.ssl_channel_credentials(pki.ca_pem), options=options
+    ) as channel:
+        method = channel.unary_unary("/t.Echo/Reverse")
+        with pytest.raises(quic_grpc.aio.AioRpcError) as info:
+            await method(b"ab", timeout=20)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        call = method(b"ab", timeout=30, wait_for_ready=True)
+        await asyncio.sleep(0.3)
+        assert not call.done()
+        await server.start()
+        try:
+            assert await call == b"ba"
+        finally:
+            await server.stop(None)

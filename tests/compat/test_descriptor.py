@@ -96,14 +96,19 @@ async def test_native_rpc_server_with_shim_client(compat_protos: Protos, pki: PK
                 metadata
             )
             assert [r.index async for r in stub.ServerStream(pb2.EchoRequest(count=4))] == [
-                0, 1, 2, 3,
+                0,
+                1,
+                2,
+                3,
             ]
             reply = await stub.ClientStream(iter([pb2.EchoRequest(payload=b"abc")] * 3))
             assert reply.received_messages == 3
             got = [r.payload async for r in stub.Bidi(iter([pb2.EchoRequest(payload=b"q")] * 2))]
             assert got == [b"q", b"q"]
             with pytest.raises(quic_grpc.aio.AioRpcError) as info:
-                await stub.Unary(pb2.EchoRequest(code_name="ALREADY_EXISTS", details="dup \U0001f600"))
+                await stub.Unary(
+                    pb2.EchoRequest(code_name="ALREADY_EXISTS", details="dup \U0001f600")
+                )
             assert info.value.code() is quic_grpc.StatusCode.ALREADY_EXISTS
             assert info.value.details() == "dup \U0001f600"
             with pytest.raises(quic_grpc.aio.AioRpcError) as info:

@@ -141,5 +141,3 @@ def test_custom_verifier_rejection_is_unavailable(pki: PKI) -> None:
     finally:
         server.stop(None).wait(10)
         pool.shutdown(wait=False)
-
-

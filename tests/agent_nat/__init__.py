@@ -1,0 +1,1 @@
+"""The QUIC agent across real NATs: hole punching, relaying, rebinding (netns)."""
