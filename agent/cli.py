@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_scan_parser(sub)
     _add_keys_parser(sub)
+    from agent.operator_cli import add_operator_parsers
+
+    add_operator_parsers(sub)
     return parser
 
 
@@ -777,6 +780,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.keys_parser.print_help(sys.stderr)
             return EXIT_USAGE
         return _keys_command(args, sys.stdout, sys.stderr)
+    if args.command in {"agent", "rollout", "call", "metrics"}:
+        from agent.operator_cli import run_operator_command
+
+        return run_operator_command(args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return 2
 

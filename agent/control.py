@@ -93,7 +93,9 @@ def read_control_info(state_dir: str | os.PathLike[str]) -> ControlInfo:
             state_dir=folder,
         )
     except FileNotFoundError:
-        raise ControlError(f"no agent is running in {folder} (no {path.name})", "not_running") from None
+        raise ControlError(
+            f"no agent is running in {folder} (no {path.name})", "not_running"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ControlError(f"{path} is unreadable: {exc}", "not_running") from None
     if not _pid_alive(info.pid):
@@ -163,7 +165,7 @@ class ControlServer:
         self._token = token or secrets.token_urlsafe(24)
         self._extra_status = extra_status
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def token(self) -> str:
@@ -192,7 +194,7 @@ class ControlServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             while line := await reader.readline():
                 response = await self._handle_line(line)
@@ -203,7 +205,7 @@ class ControlServer:
         except asyncio.CancelledError:
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -228,7 +230,9 @@ class ControlServer:
         except Exception as exc:
             code = getattr(exc, "code", None)
             status = code() if callable(code) else None
-            name = getattr(status, "name", None) or getattr(getattr(exc, "status", None), "name", None)
+            name = getattr(status, "name", None) or getattr(
+                getattr(exc, "status", None), "name", None
+            )
             return {
                 "ok": False,
                 "error": f"{type(exc).__name__}: {exc}",
@@ -297,7 +301,9 @@ class ControlServer:
             timeout=None if timeout is None else float(timeout),
         )
         responses = response if spec.server_streaming else [response]
-        as_json = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in responses]
+        as_json = [
+            json_format.MessageToDict(r, preserving_proto_field_name=True) for r in responses
+        ]
         return {
             "method": spec.label,
             "plan": list(plan.transports),
@@ -321,7 +327,9 @@ class ControlClient:
         self._timeout = timeout
 
     @classmethod
-    def for_state_dir(cls, state_dir: str | os.PathLike[str], timeout: float = 60.0) -> ControlClient:
+    def for_state_dir(
+        cls, state_dir: str | os.PathLike[str], timeout: float = 60.0
+    ) -> ControlClient:
         return cls(read_control_info(state_dir), timeout)
 
     def request(self, op: str, **fields: Any) -> Any:
@@ -331,7 +339,7 @@ class ControlClient:
                 (self.info.host, self.info.port), timeout=self._timeout
             ) as sock:
                 sock.sendall(json.dumps(payload).encode() + b"\n")
-                chunks = []
+                chunks: list[bytes] = []
                 while not chunks or not chunks[-1].endswith(b"\n"):
                     chunk = sock.recv(65536)
                     if not chunk:

@@ -360,6 +360,8 @@ class DualStackAgent:
         )
         if self._stage_arg is not None and rollout.stage is not self._stage_arg:
             await asyncio.to_thread(rollout.set, self._stage_arg, "agent started with --stage")
+        elif not rollout.path.exists():  # a new state dir: persist the stage it starts at
+            await asyncio.to_thread(rollout.save)
         identity = await asyncio.to_thread(
             load_identity, self._state_dir, self._identity_arg, self._key_type
         )

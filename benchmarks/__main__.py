@@ -56,9 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated (default: all; also available: {', '.join(EXTRA_STACKS)})",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the per-call workloads, rotating the stack order; report medians "
+        "(idle runs once). Useful on a busy machine.",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.scale <= 100:
         parser.error("--scale must be in (0, 100]")
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be in [1, 20]")
     workloads = _names(args.workloads, WORKLOADS, "workloads", parser)
     stacks = _names(args.stacks, STACKS + EXTRA_STACKS, "stacks", parser)
     params = workload_params(args.quick, args.scale)
@@ -72,12 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     for old in (args.out / "logs").glob("*.log"):
         old.unlink()
     results = asyncio.run(
-        run_all(stacks, workloads, {w: params[w] for w in workloads}, log_dir=args.out / "logs")
+        run_all(
+            stacks,
+            workloads,
+            {w: params[w] for w in workloads},
+            log_dir=args.out / "logs",
+            rounds=args.rounds,
+        )
     )
     report = build_report(
         results,
         mode="quick" if args.quick else "full",
         scale=args.scale,
+        rounds=args.rounds,
         command=command,
         machine=machine,
         params={w: params[w] for w in workloads},

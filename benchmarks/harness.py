@@ -486,28 +486,79 @@ async def run_all(
     params: dict[str, Any],
     log: Log = print,
     log_dir: Path | None = None,
+    rounds: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Every workload for every stack, in this run; returns ``{stack: {workload: result}}``.
 
-    Children's stderr (tracebacks of failed workloads) goes to ``log_dir/<child>.log``.
+    With ``rounds`` > 1 the per-call workloads run that many times, the stack order
+    rotating each round so that no stack always meets the same background load; each
+    figure is then the median over the rounds (every round is kept under ``"rounds"``).
+    The idle-connections workload runs once, in the first round. Children's stderr
+    (tracebacks of failed workloads) goes to ``log_dir/<child>.log``.
     """
     Child.log_dir = log_dir
     unknown = (set(stacks) - set(STACKS + EXTRA_STACKS)) | (set(workloads) - set(WORKLOADS))
     if unknown:
         raise ValueError(f"unknown stacks or workloads: {sorted(unknown)}")
-    results: dict[str, dict[str, Any]] = {}
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    per_call = [w for w in workloads if w != "idle"]
+    collected: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in stacks}
+    idle: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="quicshift-bench-") as tmp:
         certs = Path(tmp)
         write_certs(certs)
-        for stack in stacks:
-            log(f"{stack}:")
-            per_call = [w for w in workloads if w != "idle"]
-            results[stack] = (
-                await _run_workloads(stack, certs, per_call, params, log) if per_call else {}
-            )
-            if "idle" in workloads:
-                results[stack]["idle"] = await _run_idle(stack, certs, params["idle"], log)
+        for round_index in range(rounds):
+            shift = round_index % len(stacks)
+            for stack in stacks[shift:] + stacks[:shift]:
+                log(f"{stack}:" if rounds == 1 else f"{stack} (round {round_index + 1}/{rounds}):")
+                if per_call:
+                    got = await _run_workloads(stack, certs, per_call, params, log)
+                    for workload, result in got.items():
+                        collected[stack].setdefault(workload, []).append(result)
+                if "idle" in workloads and round_index == 0:
+                    idle[stack] = await _run_idle(stack, certs, params["idle"], log)
+    results: dict[str, dict[str, Any]] = {}
+    for stack in stacks:
+        results[stack] = {w: combine_rounds(collected[stack][w]) for w in per_call}
+        if stack in idle:
+            results[stack]["idle"] = idle[stack]
     return results
+
+
+def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds: the median of every number, the rest from round 1.
+
+    Rounds that failed are left out (listed under ``"errors"``); if all failed, the
+    result is the first error.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+    good = [r for r in rounds if "error" not in r]
+    errors = [r["error"] for r in rounds if "error" in r]
+    if not good:
+        return {"error": errors[0], "errors": errors}
+    combined = _median_of(good)
+    combined["rounds"] = rounds
+    if errors:
+        combined["errors"] = errors
+    return combined
+
+
+def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    import statistics
+
+    combined: dict[str, Any] = {}
+    for key, first in results[0].items():
+        values = [r.get(key) for r in results]
+        if isinstance(first, bool) or not all(isinstance(v, int | float) for v in values):
+            if isinstance(first, dict) and all(isinstance(v, dict) for v in values):
+                combined[key] = _median_of([v for v in values if isinstance(v, dict)])
+            else:
+                combined[key] = first
+        else:
+            combined[key] = round(statistics.median(float(v) for v in values if v is not None), 3)
+    return combined
 
 
 if __name__ == "__main__":

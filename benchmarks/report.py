@@ -67,6 +67,7 @@ def build_report(
     mode: str,
     scale: float,
     command: str,
+    rounds: int = 1,
     machine: dict[str, Any],
     params: dict[str, Any],
     started_utc: str,
@@ -77,6 +78,7 @@ def build_report(
         "benchmark": "quicshift stacks side by side",
         "mode": mode,
         "scale": scale,
+        "rounds": rounds,
         "command": command,
         "started_utc": started_utc,
         "duration_s": round(duration_s, 1),
@@ -86,6 +88,7 @@ def build_report(
         "notes": [
             "loopback; server and client in separate processes; one stack at a time",
             "ratios are stack / grpc-direct measured in this run",
+            "with rounds > 1: medians over rounds, stack order rotated each round; idle once",
             "latency ratios: < 1 is faster; throughput ratios: > 1 is faster",
             "idle: server RSS delta over N connections each made by one call, then idle "
             "with keepalive every 5 s; CPU = process CPU time over the idle window",

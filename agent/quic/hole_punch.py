@@ -178,12 +178,18 @@ class HolePuncher:
             )
             return existing
         config = self.config
-        s_conn = await agent.connect(signaller)
-        self.stats.signals_sent += 1
-        reply = await s_conn.stub.NodesHolePunchSignal(
-            pb.HolePunchSignalRequest(target=node_id_to_proto(target), transports=["quic"]),
-            timeout=manager.config.connect_timeout,
-        )
+        try:
+            s_conn = await agent.connect(signaller)
+            self.stats.signals_sent += 1
+            reply = await s_conn.stub.NodesHolePunchSignal(
+                pb.HolePunchSignalRequest(target=node_id_to_proto(target), transports=["quic"]),
+                timeout=manager.config.connect_timeout,
+            )
+        except Exception as exc:  # signaller unknown or unreachable, or it refused
+            error = f"signalling through {signaller} failed: {type(exc).__name__}: {exc}"
+            self.stats.failed += 1
+            self._record(HolePunchResult(target, signaller, False, None, error=error))
+            raise HolePunchError(f"cannot reach node {target}: {error}") from exc
         own = _address(reply.requester_address) if reply.HasField("requester_address") else None
         public = _address(reply.target_address) if reply.HasField("target_address") else None
         attempts = 0

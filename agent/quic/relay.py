@@ -193,6 +193,8 @@ class RelayService:
         if path is not None:
             return path
         if len(self._paths) >= self.config.max_paths:
+            self._prune_paths()
+        if len(self._paths) >= self.config.max_paths:
             raise RuntimeError(f"at most {self.config.max_paths} relay paths")
         header = bytes([FORWARD]) + peer.raw
 
@@ -208,6 +210,14 @@ class RelayService:
         path.open()
         self._paths[key] = path
         return path
+
+    def _prune_paths(self) -> None:
+        """Close the paths no connection uses any more."""
+        in_use = {conn.remote_address for conn in self._socket.connections}
+        for key, path in list(self._paths.items()):
+            if path.address not in in_use:
+                path.close()
+                del self._paths[key]
 
     @property
     def paths(self) -> list[RelayPath]:

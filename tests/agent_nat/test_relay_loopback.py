@@ -160,3 +160,27 @@ async def test_punch_success_on_loopback(make_agent: Factory) -> None:
     assert a.hole_puncher.results[-1].method == "direct"
     assert (await a.connect_via(b.node_id, s.node_id)) is conn
     assert a.hole_puncher.results[-1].method == "existing"
+
+
+async def test_signalling_failure_is_a_hole_punch_error(make_agent: Factory) -> None:
+    s = await make_agent("s")
+    a = await make_agent("a")
+    stranger = await make_agent("stranger")
+    a.add_node(s.node_id, s.host, s.port)
+    with pytest.raises(HolePunchError, match=r"NOT_FOUND|not known"):
+        await a.connect_via(stranger.node_id, s.node_id)  # S never heard of it
+    [result] = a.hole_puncher.results
+    assert not result.ok and "signalling" in result.error
+
+
+async def test_unused_relay_paths_are_pruned(make_agent: Factory) -> None:
+    s = await make_agent("s", relay=RelayConfig(serve=True))
+    a = await make_agent("a", relay=RelayConfig(max_paths=1))
+    b = await make_agent("b")
+    c = await make_agent("c")
+    conn = await _relayed(a, b, s)
+    with pytest.raises(RuntimeError, match="at most 1"):
+        a.relay.path_to(s.node_id, c.node_id)  # the path to b is in use
+    await conn.close()
+    path = a.relay.path_to(s.node_id, c.node_id)  # now b's path can go
+    assert [p.host for p in a.relay.paths] == [path.host]

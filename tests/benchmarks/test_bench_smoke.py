@@ -147,3 +147,22 @@ def test_cpu_cost_per_unit_of_work() -> None:
         "client_cpu_s": 1.0,
     }
     assert _cpu_cost("unary", params, None, (1.0, 1.0)) == {}
+
+
+def test_rounds_combine_to_medians_and_keep_errors() -> None:
+    from benchmarks.harness import combine_rounds
+
+    rounds: list[dict[str, Any]] = [
+        {"p50_us": 100.0, "cold": {"p50_ms": 1.0}, "resumption": "none"},
+        {"p50_us": 300.0, "cold": {"p50_ms": 3.0}, "resumption": "none"},
+        {"p50_us": 200.0, "cold": {"p50_ms": 2.0}, "resumption": "none"},
+        {"error": "timeout"},
+    ]
+    combined = combine_rounds(rounds)
+    assert combined["p50_us"] == 200.0
+    assert combined["cold"] == {"p50_ms": 2.0}
+    assert combined["resumption"] == "none"
+    assert combined["errors"] == ["timeout"]
+    assert combined["rounds"] == rounds
+    assert combine_rounds([{"error": "a"}, {"error": "b"}])["error"] == "a"
+    assert combine_rounds([{"x": 1}]) == {"x": 1}

@@ -148,7 +148,7 @@ def _check_protocol(data: bytes, cuts: list[int]) -> None:
                 pass
 
 
-def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris expects
+def TestOneInput(data: bytes) -> None:
     if not data:
         return
     flags, body = data[0], data[1:]
@@ -163,7 +163,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris expects
     else:
         assert whole[1] is pieces[1], f"chunking changed the error: {whole[1]} vs {pieces[1]}"
     if whole[1] is None:
-        again = _decode(_encode(whole[0]), [len(body) + 1 << 20], raw_request, raw_response)
+        encoded = _encode(whole[0])
+        again = _decode(encoded, [len(encoded)], raw_request, raw_response)
         assert again[1] is None, f"re-encoded events do not decode: {again[1]}"
         assert _merge_raw(again[0]) == _merge_raw(whole[0]), "decode/encode is not a round trip"
     _check_protocol(body, _cuts(flags >> 3, len(body)))
