@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 import socket
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DRAIN_GRACE",
+    "DEFAULT_DRAIN_NOTICE",
     "DEFAULT_PEER_INFO_TTL",
     "TRANSPORT_HEALTH_PREFIX",
     "DualStackAgent",
@@ -99,6 +101,7 @@ __all__ = [
     "PeerConnection",
     "PeerInfo",
     "TransportNotRunningError",
+    "last_call_transport",
     "method_spec",
     "peer_addresses_from_json",
     "transport_health_name",
@@ -111,11 +114,22 @@ T = TypeVar("T")
 TRANSPORT_HEALTH_PREFIX: Final = "quicshift.transport."
 DEFAULT_DRAIN_GRACE: Final = 5.0
 DEFAULT_PEER_INFO_TTL: Final = 10.0
+DEFAULT_DRAIN_NOTICE: Final = 2 * DEFAULT_PEER_INFO_TTL
 AGENT_SERVICE_NAME: Final = "quicshift.agent.v1.AgentService"
 HEALTH_SERVICE_NAME: Final = "grpc.health.v1.Health"
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 _UNSPECIFIED: Final = {"::": "::1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1"}
+
+
+_LAST_TRANSPORT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "quicshift_last_call_transport", default=None
+)
+
+
+def last_call_transport() -> str | None:
+    """The transport the latest successful call made from this task ran on."""
+    return _LAST_TRANSPORT.get()
 
 
 def transport_health_name(transport: str) -> str:
@@ -285,6 +299,7 @@ class DualStackAgent:
         fallback: FallbackPolicy | None = None,
         metrics: MetricsRegistry | None = None,
         drain_grace: float = DEFAULT_DRAIN_GRACE,
+        drain_notice: float = DEFAULT_DRAIN_NOTICE,
         peer_info_ttl: float = DEFAULT_PEER_INFO_TTL,
         connect_timeout: float = 10.0,
         quic_config: QUICConfig | None = None,
@@ -293,11 +308,13 @@ class DualStackAgent:
         stage is used, ``legacy`` for a new state dir. ``grpc_port`` is the TCP port of
         the reverse proxy, ``quic_port`` the UDP port; 0 picks free ones, kept for the
         agent's life so a stack restarted by a rollback is found where it was.
-        ``drain_grace``: how long calls in flight on a stack the stage stops serving may
-        run. ``peer_info_ttl``: how old a peer's advertisement may get before it is
+        ``drain_notice``: how long a stack the stage stops serving keeps serving while it
+        is advertised NOT_SERVING, so that peers learn it (within their
+        ``peer_info_ttl``) before it is drained. ``drain_grace``: how long calls in flight
+        on it may then run. ``peer_info_ttl``: how old a peer's advertisement may get before it is
         refreshed (in the background)."""
-        if drain_grace < 0:
-            raise ValueError("drain_grace must be >= 0")
+        if drain_grace < 0 or drain_notice < 0:
+            raise ValueError("drain_grace and drain_notice must be >= 0")
         if peer_info_ttl <= 0:
             raise ValueError("peer_info_ttl must be positive")
         self._state_dir = Path(state_dir)
@@ -310,6 +327,7 @@ class DualStackAgent:
         self._fallback = fallback or FallbackPolicy()
         self._metrics = metrics if metrics is not None else MetricsRegistry()
         self._drain_grace = drain_grace
+        self._drain_notice = drain_notice
         self._peer_info_ttl = peer_info_ttl
         self._connect_timeout = connect_timeout
         self._quic_config = quic_config
@@ -475,8 +493,13 @@ class DualStackAgent:
             self._draining.discard(transport)
 
     async def _drain_and_stop(self, transport: str) -> None:
-        """Advertise ``transport`` NOT_SERVING, let outgoing calls on it finish (up to
-        ``drain_grace``), then stop the stack (incoming calls get ``drain_grace``)."""
+        """Advertise ``transport`` NOT_SERVING but keep serving it for ``drain_notice``
+        seconds (peers learn it meanwhile and stop dialling it), then let outgoing calls
+        on it finish (up to ``drain_grace``) and stop the stack (incoming calls in flight
+        get ``drain_grace``; new ones are refused)."""
+        self._advertise()
+        if self._drain_notice > 0:
+            await asyncio.sleep(self._drain_notice)
         self._draining.add(transport)
         self._advertise()
         with contextlib.suppress(TimeoutError):
@@ -764,48 +787,66 @@ class DualStackAgent:
         """Refresh every known peer's advertisement."""
         await asyncio.gather(*(self.refresh_peer(p) for p in list(self._peers)))
 
-    async def _refresh(self, node_id: NodeId) -> bool:
-        info = self.peer(node_id)
-        order = [t for t in self.stage.dial_order if t in self._stacks]
-        order += [t for t in self._stacks if t not in order]
-        failed: set[str] = set()
-        for transport in order:
-            if transport not in info.addresses or transport in self._draining:
-                continue
-            try:
-                async with asyncio.timeout(self._fallback.attempt_timeout):
-                    conn = await self._open(transport, node_id)
-                    reply = await conn.health.List(health_pb2.HealthListRequest())
-            except Exception as exc:  # unreachable this way: try the next transport
-                _log.debug("refreshing %s over %s failed: %s", node_id, transport, exc)
-                failed.add(transport)
-                continue
-            advertised = {
-                name[len(TRANSPORT_HEALTH_PREFIX) :]: response.status
-                for name, response in reply.statuses.items()
-                if name.startswith(TRANSPORT_HEALTH_PREFIX)
-            }
-            if not advertised:  # a peer from before advertising: what answered, and what
-                # was believed and not found failing now
-                serves = tuple(
-                    t
-                    for t in TRANSPORTS
-                    if t == transport or (t in info.serves and t not in failed)
-                )
-            else:
-                serves = tuple(t for t in TRANSPORTS if advertised.get(t) == _SERVING)
-            serves = tuple(t for t in serves if t in info.addresses)
-            changed = serves != info.serves
-            info.serves = serves
-            info.learnt_at = time.monotonic()
-            if changed and not self._stopped:
-                await asyncio.to_thread(self.nodes.set_node, node_id, info.served_addresses())
-            return changed
-        return False
+    async def _list_over(self, transport: str, node_id: NodeId) -> dict[str, int]:
+        """The peer's transport advertisement, asked over ``transport``."""
+        async with asyncio.timeout(self._fallback.attempt_timeout):
+            conn = await self._open(transport, node_id)
+            reply = await conn.health.List(health_pb2.HealthListRequest())
+        return {
+            name[len(TRANSPORT_HEALTH_PREFIX) :]: response.status
+            for name, response in reply.statuses.items()
+            if name.startswith(TRANSPORT_HEALTH_PREFIX)
+        }
 
-    def _maybe_refresh_in_background(self, info: PeerInfo) -> None:
+    async def _refresh(self, node_id: NodeId) -> bool:
+        """Ask over every transport this agent runs at once; the first advertisement
+        that comes back is the answer (a peer that advertises nothing serves what
+        answered, and what was believed and did not fail now)."""
+        info = self.peer(node_id)
+        candidates = [t for t in self._stacks if t in info.addresses and t not in self._draining]
+        tasks = {asyncio.ensure_future(self._list_over(t, node_id)): t for t in candidates}
+        advertised: dict[str, int] | None = None
+        answered: set[str] = set()
+        failed: set[str] = set()
+        try:
+            pending = set(tasks)
+            while pending and advertised is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None:
+                        _log.debug(
+                            "refreshing %s over %s: %s", node_id, tasks[task], task.exception()
+                        )
+                        failed.add(tasks[task])
+                    elif task.result():
+                        advertised = task.result()
+                    else:
+                        answered.add(tasks[task])
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if advertised is not None:
+            serves = tuple(t for t in TRANSPORTS if advertised.get(t) == _SERVING)
+        elif answered:
+            serves = tuple(
+                t for t in TRANSPORTS if t in answered or (t in info.serves and t not in failed)
+            )
+        else:
+            return False  # unreachable now: keep what is known
+        serves = tuple(t for t in serves if t in info.addresses)
+        changed = serves != info.serves
+        info.serves = serves
+        info.learnt_at = time.monotonic()
+        if changed and not self._stopped:
+            await asyncio.to_thread(self.nodes.set_node, node_id, info.served_addresses())
+        return changed
+
+    def _maybe_refresh_in_background(self, info: PeerInfo, *, force: bool = False) -> None:
         fresh = (
-            info.learnt_at is not None and time.monotonic() - info.learnt_at < self._peer_info_ttl
+            not force
+            and info.learnt_at is not None
+            and time.monotonic() - info.learnt_at < self._peer_info_ttl
         )
         if fresh or info.node_id in self._refreshing or self._stopped:
             return
@@ -915,20 +956,34 @@ class DualStackAgent:
         self._maybe_refresh_in_background(info)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        for round_ in (0, 1):  # a second round only after learning the peer changed
+        for round_ in (0, 1):  # a second round only if the peer's advertisement changed
             try:
                 plan = self._chooser.choose(info.serves, override=override)
             except NoCommonTransportError:
-                if round_ == 0 and await self.refresh_peer(node_id):
+                if round_ == 0 and await self._learn_new_plan(node_id, (), override):
                     continue
                 raise
+            tried = plan.transports
             try:
                 return await self._run_plan(plan, node_id, method, operation, deadline, meter=meter)
             except FallbackExhaustedError:
-                if round_ == 0 and override is None and await self.refresh_peer(node_id):
+                if round_ == 0 and await self._learn_new_plan(node_id, tried, override):
                     continue
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _learn_new_plan(
+        self, node_id: NodeId, tried: tuple[str, ...], override: str | None
+    ) -> bool:
+        """Refresh the peer's advertisement; True if the plan is now different."""
+        if override is not None:
+            return False
+        await self.refresh_peer(node_id)
+        try:
+            plan = self._chooser.choose(self.peer(node_id).serves)
+        except NoCommonTransportError:
+            return False
+        return plan.transports != tried
 
     async def _run_plan(
         self,
@@ -971,6 +1026,7 @@ class DualStackAgent:
                         attempts, budget_spent=loop.time() >= budget_end
                     ) from exc
                 nxt = transports[index + 1]
+                self._maybe_refresh_in_background(self.peer(node_id), force=True)
                 if meter:
                     self._metrics.record_fallback(transport, nxt, method, reason)
                 _log.info(
@@ -1009,6 +1065,7 @@ class DualStackAgent:
                 self._idle[transport].set()
         if meter:
             self._metrics.record_call(transport, method, "OK", time.perf_counter() - started)
+        _LAST_TRANSPORT.set(transport)
         return result
 
 

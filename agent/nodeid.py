@@ -39,9 +39,7 @@ class NodeId:
             raise InvalidNodeIdError(f"node id must be bytes, not {type(raw).__name__}")
         raw = bytes(raw)
         if len(raw) != NODE_ID_LENGTH:
-            raise InvalidNodeIdError(
-                f"node id must be {NODE_ID_LENGTH} bytes, got {len(raw)}"
-            )
+            raise InvalidNodeIdError(f"node id must be {NODE_ID_LENGTH} bytes, got {len(raw)}")
         object.__setattr__(self, "_raw", raw)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -70,7 +68,9 @@ class NodeId:
         except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
             raise InvalidNodeIdError(f"node id is not base32hex: {text[:60]!r}") from exc
         if len(raw) != NODE_ID_LENGTH:
-            raise InvalidNodeIdError(f"node id must decode to {NODE_ID_LENGTH} bytes: {text[:60]!r}")
+            raise InvalidNodeIdError(
+                f"node id must decode to {NODE_ID_LENGTH} bytes: {text[:60]!r}"
+            )
         node_id = cls(raw)
         if str(node_id) != text.lower():
             raise InvalidNodeIdError(f"node id is not in canonical form: {text[:60]!r}")

@@ -100,6 +100,15 @@ def add_operator_parsers(sub: Any) -> None:
         default=5.0,
         help="seconds calls may run on a stack being stopped by a stage change (5)",
     )
+    start.add_argument(
+        "--drain-notice",
+        type=float,
+        default=20.0,
+        help=(
+            "seconds a stack the stage stops serving keeps serving, advertised "
+            "NOT_SERVING, so peers stop dialling it first (20)"
+        ),
+    )
     start.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     _json_arg(start)
 
@@ -277,6 +286,7 @@ async def _run_agent(args: argparse.Namespace, state_dir: Path, out: TextIO) -> 
         grpc_port=args.grpc_port,
         quic_port=args.quic_port,
         drain_grace=args.drain_grace,
+        drain_notice=args.drain_notice,
     )
     stopping = asyncio.Event()
     metrics_server: MetricsServer | None = None

@@ -46,7 +46,10 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, Path, Path, list[subprocess.Po
     fleet_file.write_text("# two agents\na=a\nb = b\n")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "agent", "start", "--state-dir", str(d), *extra],
+            [
+                *(sys.executable, "-m", "agent.cli", "agent", "start", "--state-dir", str(d)),
+                *("--drain-notice", "0.2", *extra),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -136,7 +136,7 @@ async def test_status_codes_round_trip(aio_env: AioEnv, code_name: str) -> None:
 async def test_deadline_exceeded(aio_env: AioEnv) -> None:
     g = aio_env.g
     tag = "deadline"
-    call = aio_env.stub.Unary(aio_env.pb2.EchoRequest(wait_for_cancel=True, tag=tag), timeout=0.5)
+    call = aio_env.stub.Unary(aio_env.pb2.EchoRequest(wait_for_cancel=True, tag=tag), timeout=2.0)
     with pytest.raises(g.aio.AioRpcError) as info:
         await call
     assert info.value.code() is g.StatusCode.DEADLINE_EXCEEDED

@@ -161,7 +161,7 @@ def test_deadline_exceeded(sync_env: SyncEnv) -> None:
     g = sync_env.g
     tag = "deadline"
     with pytest.raises(g.RpcError) as info:
-        sync_env.stub.Unary(sync_env.pb2.EchoRequest(wait_for_cancel=True, tag=tag), timeout=0.5)
+        sync_env.stub.Unary(sync_env.pb2.EchoRequest(wait_for_cancel=True, tag=tag), timeout=2.0)
     assert info.value.code() is g.StatusCode.DEADLINE_EXCEEDED
     entry = sync_env.rec[tag]
     assert entry["done"].wait(20)
@@ -345,3 +345,26 @@ def test_generic_handler_raw_bytes(sync_env: SyncEnv) -> None:
     raw = sync_env.channel.unary_unary("/compat.v1.Compat/Unary")
     data = raw(sync_env.pb2.EchoRequest(payload=b"raw").SerializeToString(), timeout=10)
     assert sync_env.pb2.EchoResponse.FromString(data).payload == b"raw"
+
+
+def test_concurrent_calls_from_many_threads(sync_env: SyncEnv) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pb2 = sync_env.pb2
+
+    def worker(n: int) -> list[bytes]:
+        out = []
+        for i in range(10):
+            out.append(
+                sync_env.stub.Unary(pb2.EchoRequest(payload=b"%d-%d" % (n, i)), timeout=30).payload
+            )
+        out.extend(
+            r.payload
+            for r in sync_env.stub.Bidi(iter([pb2.EchoRequest(payload=b"s%d" % n)]), timeout=30)
+        )
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(worker, range(8)))
+    for n, got in enumerate(results):
+        assert got == [b"%d-%d" % (n, i) for i in range(10)] + [b"s%d" % n]

@@ -335,9 +335,13 @@ async def test_closed_channel_is_a_usage_error() -> None:
 
 def test_sync_handler_blocked_reading_is_released_at_deadline() -> None:
     """A servicer thread waiting for the next request is freed when the deadline passes."""
-    released = []
+    import threading
+
+    entered = threading.Event()
+    released: list[str] = []
 
     def collect(request_iterator: Any, context: Any) -> bytes:
+        entered.set()
         try:
             return b"".join(request_iterator)
         except Exception as exc:  # the iterator raises once the call is over
@@ -354,7 +358,7 @@ def test_sync_handler_blocked_reading_is_released_at_deadline() -> None:
             "Echo": quic_grpc.unary_unary_rpc_method_handler(echo),
         },
     )
-    gate = __import__("threading").Event()
+    gate = threading.Event()
 
     def requests() -> Any:
         yield b"first"
@@ -364,13 +368,14 @@ def test_sync_handler_blocked_reading_is_released_at_deadline() -> None:
         server = quic_grpc.server(pool, handlers=[handlers])
         with testing.memory_channel(server) as channel:
             with pytest.raises(quic_grpc.RpcError) as info:
-                channel.stream_unary("/t.Block/Collect")(requests(), timeout=0.3)
+                channel.stream_unary("/t.Block/Collect")(requests(), timeout=1.5)
             assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             # the only worker thread is free again
             assert channel.unary_unary("/t.Block/Echo")(b"next", timeout=10) == b"next"
         gate.set()
         server.stop(None).wait(5)
-    assert released
+    if entered.is_set():  # under extreme load the deadline may pass before the handler ran
+        assert released
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ def make_agents(root: Path, count: int, **kwargs: Any) -> list[DualStackAgent]:
         if index == count - 1:
             identity = identity.rotate()  # a rotated chain in every fleet
         kwargs.setdefault("fallback", TEST_POLICY)
+        kwargs.setdefault("drain_notice", 0.0)
         agents.append(DualStackAgent(root / f"agent-{index}", identity=identity, **kwargs))
     return agents
 

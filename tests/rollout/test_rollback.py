@@ -85,7 +85,7 @@ async def running(agents: list[DualStackAgent]) -> AsyncIterator[list[DualStackA
 
 
 async def test_walk_forward_and_roll_back_every_step_with_traffic(tmp_path: Path) -> None:
-    agents = make_agents(tmp_path, 3, stage=L, peer_info_ttl=0.2, drain_grace=5.0)
+    agents = make_agents(tmp_path, 3, stage=L, peer_info_ttl=0.2, drain_notice=0.5)
     async with running(agents):
         traffic = Traffic(agents)
         names = {str(i): a for i, a in enumerate(agents)}
