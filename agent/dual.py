@@ -395,6 +395,7 @@ class DualStackAgent:
             vaults=domains.vaults,
             connection_info=self.connection_info,
             hole_punch_relay=self._relay_hole_punch,
+            hole_punch_target=self._hole_punch_target,
         )
         for record in await asyncio.to_thread(domains.nodes.all_nodes):
             info = PeerInfo(record.node_id)
@@ -465,7 +466,10 @@ class DualStackAgent:
                 host=self._host,
                 port=self._ports[QUIC],
                 quic_config=self._quic_config,
-                connections=ConnectionManagerConfig(connect_timeout=self._connect_timeout),
+                connections=ConnectionManagerConfig(
+                    connect_timeout=self._connect_timeout,
+                    close_grace=min(self._drain_grace, 5.0),
+                ),
                 stop_grace=self._drain_grace,
                 domains=domains,
                 servicer=servicer,
@@ -718,20 +722,81 @@ class DualStackAgent:
         info: ConnectionInfo = stack.connection_info(context)
         return info
 
-    async def _relay_hole_punch(self, target: NodeId, requester: RequesterAddress) -> None:
-        if target not in self._peers:
+    async def _relay_hole_punch(
+        self, target: NodeId, requester: RequesterAddress
+    ) -> NodeAddress | None:
+        """The servicer's ``hole_punch_relay``. When the requester asks for QUIC and this
+        node dials QUIC to a target that serves it, the signal is forwarded over QUIC
+        (the target then punches towards the requester, as on the QUIC stack); otherwise
+        it is a reachability check of the target, as on the legacy stack."""
+        info = self._peers.get(target)
+        if info is None:
             raise LookupError(f"node {target} is not known")
+        forward = (
+            QUIC in requester.address.transports
+            and QUIC in self.stage.dial_order
+            and QUIC in info.serves
+            and QUIC in self._stacks
+        )
         try:
-            await self.call(target, "Health/Check", health_pb2.HealthCheckRequest(service=""))
+            if forward:
+                await self._forward_hole_punch(target, requester)
+            else:
+                await self.call(target, "Health/Check", health_pb2.HealthCheckRequest(service=""))
         except Exception as exc:
             raise HolePunchRelayError(f"{type(exc).__name__}: {exc}") from exc
         _log.info(
-            "relayed hole punch: %s should reach %s at %s:%d",
+            "relayed hole punch (%s): %s should reach %s at %s:%d",
+            "forwarded over quic" if forward else "reachability",
             target,
             requester.node_id,
             requester.address.host,
             requester.address.port,
         )
+        if forward and QUIC in info.addresses:
+            host, port = info.addresses[QUIC]
+            return NodeAddress(host, port, (QUIC,))
+        return None
+
+    async def _forward_hole_punch(self, target: NodeId, requester: RequesterAddress) -> None:
+        from agent.servicer import node_id_to_proto
+        from protos.agent.v1 import common_pb2
+
+        request = agent_service_pb2.HolePunchSignalRequest(
+            target=node_id_to_proto(target),
+            transports=list(requester.address.transports),
+            requester=common_pb2.NodeInfo(
+                node_id=node_id_to_proto(requester.node_id),
+                addresses=[
+                    common_pb2.NodeAddress(
+                        host=requester.address.host,
+                        port=requester.address.port,
+                        transports=list(requester.address.transports),
+                    )
+                ],
+            ),
+        )
+        try:
+            await self.call(
+                target,
+                "NodesHolePunchSignal",
+                request,
+                transport=QUIC,
+                timeout=self._connect_timeout,
+            )
+        except Exception as exc:
+            if status_name_of(exc) != "UNIMPLEMENTED":
+                raise
+            # a node that does not punch: it is reachable, all a signal promised before
+            _log.info("node %s does not hole punch; signalled as reachable", target)
+
+    async def _hole_punch_target(self, requester: RequesterAddress, signaller: NodeId) -> None:
+        """The servicer's ``hole_punch_target``: punch towards the requester from the
+        QUIC stack (its one UDP socket)."""
+        stack = self._stacks.get(QUIC)
+        if stack is None or QUIC in self._draining:
+            raise HolePunchRelayError("this node does not serve quic now")
+        await stack.hole_puncher.punch_towards(requester, signaller)
 
     # -- peers ------------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from protos.agent.v1 import agent_service_pb2 as pb
 from protos.agent.v1 import common_pb2 as common
 from quic_rpc.quic import QUICConfig, QUICConnection, QUICServer, QUICSocket, TLSCredentials
 from quic_rpc.quic.relay import is_relay_host
-from quic_rpc.rpc import RPCClientConfig, RPCServer, RPCServerConfig
+from quic_rpc.rpc import RPCClientConfig, RPCError, RPCServer, RPCServerConfig, Status
 from quic_rpc.streams import ByteStream, PeerInfo
 
 from .connection_manager import ConnectionManagerConfig, NodeConnectionManager
@@ -259,8 +259,8 @@ class Agent:
             await self._rpc_server.stop(self._stop_grace)
         if self._manager is not None:
             # Streams still open (a finished handler's unsent response, our own calls)
-            # get the same grace before their connections close.
-            await self._manager.stop(self._stop_grace)
+            # get the connection manager's close_grace before their connections close.
+            await self._manager.stop()
         if self._relay is not None:
             self._relay.close()
         if self._quic_server is not None:
@@ -473,7 +473,13 @@ class Agent:
             )
         except AgentError as exc:
             raise LookupError(str(exc)) from exc
-        except Exception as exc:  # connection failures, RPC errors: all "unreachable"
+        except RPCError as exc:
+            if exc.status != Status.UNIMPLEMENTED:
+                raise HolePunchRelayError(f"{type(exc).__name__}: {exc}") from exc
+            # an older node (or another stack) that does not punch: it is reachable,
+            # which is all a signal could promise before
+            _log.info("node %s does not hole punch; signalled as reachable", target)
+        except Exception as exc:  # connection failures: all "unreachable"
             raise HolePunchRelayError(f"{type(exc).__name__}: {exc}") from exc
         _log.info(
             "relayed hole punch: %s should reach %s at %s:%d",

@@ -495,6 +495,12 @@ class QUICConnection:
         event = self._engine.close_event
         if code in _CERTIFICATE_ALERTS and not self._local_close:
             detail = event.reason_phrase if event is not None else ""
+            if not self._engine.closed_by_peer:  # our TLS stack refused it (e.g. unparsable)
+                side = "server" if self.is_client else "client"
+                return PeerCertificateRejectedError(
+                    f"the {side}'s certificate was rejected: {detail or 'no reason given'}",
+                    error_code=code,
+                )
             return CertificateRejectedByPeerError(
                 f"the peer rejected our certificate: {detail or 'no reason given'}",
                 error_code=code,

@@ -211,6 +211,8 @@ class EngineConnection(QuicConnection):
         self.local_chain_der = credentials.chain_der
         self.peer_verified = False
         self.rejected_peer_reason: str | None = None
+        self.closed_by_peer = False
+        """The peer's CONNECTION_CLOSE began the close (not one of ours)."""
         self.packets_lost = 0
         self.unread_total = 0
         self._verify = credentials.verify
@@ -446,6 +448,11 @@ class EngineConnection(QuicConnection):
         self.peer_chain_der = chain_der
         self.peer_identity = identity
         self.peer_verified = True
+
+    def _close_begin(self, is_initiator: bool, now: float) -> None:
+        if self._state not in END_STATES and not self._close_pending:
+            self.closed_by_peer = not is_initiator
+        super()._close_begin(is_initiator, now)
 
     def _reject(self, reason: str) -> None:
         self.rejected_peer_reason = reason

@@ -13,7 +13,7 @@ opened rB.
 * cone NAT on both sides: A and B connect directly; the traffic between them does not
   touch S; every agent method works both ways; a conntrack flush on both routers mid-session
   does not break it;
-* symmetric NAT at A: punching fails within its bound, S relays the end-to-end encrypted
+* symmetric NAT at A, or at B: punching fails within its bound, S relays the end-to-end encrypted
   session, every method works both ways, and S never saw the plaintext;
 * A's NAT rebinds (``masquerade random`` + conntrack flush) mid-session: its connections
   (to S, and the relayed one to B) survive, and S sees A on a new port.
@@ -135,10 +135,11 @@ async def test_cone_nat_direct_after_punch(nat_lab: Callable[..., NatLab], tmp_p
     assert (await a.call("stats"))["dials_started"] == dials  # no reconnection
 
 
+@pytest.mark.parametrize("symmetric", ["rA", "rB"])
 async def test_symmetric_nat_relayed_end_to_end(
-    nat_lab: Callable[..., NatLab], tmp_path: Path
+    nat_lab: Callable[..., NatLab], tmp_path: Path, symmetric: str
 ) -> None:
-    nl = nat_lab("symmetric", "cone")
+    nl = nat_lab(*(("symmetric", "cone") if symmetric == "rA" else ("cone", "symmetric")))
     s, a, b = await _fleet(nl, tmp_path)
     result = await a.call("connect_via", timeout=90, node_id=b.node_id, signaller=s.node_id)
     assert result["method"] == "relay", result
@@ -153,8 +154,9 @@ async def test_symmetric_nat_relayed_end_to_end(
     assert stats["captured"] == stats["forwarded_bytes"]  # ...all of it was captured...
     capture = await s.call("capture_contains", needle=secret)
     assert capture["contains"] is False  # ...and none of it is plaintext
-    # the symmetric NAT gave A another public port towards B than towards S
-    assert len(nl.public_ports("rA", A_PORT)) >= 2
+    # the symmetric NAT gave its node another public port towards the peer than towards S
+    private_port = A_PORT if symmetric == "rA" else B_PORT
+    assert len(nl.public_ports(symmetric, private_port)) >= 2
 
 
 async def test_rebinding_nat_keeps_sessions(nat_lab: Callable[..., NatLab], tmp_path: Path) -> None:

@@ -184,3 +184,16 @@ async def test_unused_relay_paths_are_pruned(make_agent: Factory) -> None:
     await conn.close()
     path = a.relay.path_to(s.node_id, c.node_id)  # now b's path can go
     assert [p.host for p in a.relay.paths] == [path.host]
+
+
+async def test_signal_to_a_node_that_does_not_punch(make_agent: Factory) -> None:
+    s = await make_agent("s", record_incoming_peers=True)
+    a = await make_agent("a")
+    b = await make_agent("b")
+    for node in (a, b):
+        node.add_node(s.node_id, s.host, s.port)
+        await node.connect(s.node_id)
+    b.servicer._hole_punch_target = None  # an older node: UNIMPLEMENTED for punch requests
+    conn = await a.connect_via(b.node_id, s.node_id)  # still signalled, then dialled
+    assert conn.node_id == b.node_id and a.hole_puncher.results[-1].method == "direct"
+    assert b.hole_puncher.stats.punches_started == 0

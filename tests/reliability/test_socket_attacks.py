@@ -209,6 +209,9 @@ async def test_garbage_certificate_bytes(
     )
     error = await _expect_rejected(rig, hostile(creds, chain=chain))
     assert error.error_code is not None and 0x100 <= error.error_code < 0x200, error
+    # each side names the right culprit: the server rejected the client's certificate
+    assert isinstance(error, CertificateRejectedByPeerError), error
+    assert isinstance(rig.server.handshake_failures[-1].error, PeerCertificateRejectedError)
 
 
 async def test_certificate_with_mismatched_key(quic_rig: RigFactory, pki: PKI) -> None:
