@@ -449,6 +449,37 @@ class EngineConnection(QuicConnection):
         self.peer_identity = identity
         self.peer_verified = True
 
+    # -- memory of finished handshakes -------------------------------------------
+
+    def _confirm_handshake(self) -> None:
+        super()._confirm_handshake()
+        self._release_handshake_epochs()
+
+    def _release_handshake_epochs(self) -> None:
+        """Drop the Initial and Handshake crypto buffers and streams once discarded.
+
+        aioquic keeps a 16 KiB TLS output buffer (and a crypto stream holding any
+        unacknowledged handshake data) per epoch for the connection's whole life. Once the
+        handshake is confirmed both epochs are discarded (RFC 9001 4.9): their keys are
+        gone, so nothing is sent or decrypted in them again, and TLS only writes to the
+        1-RTT buffer after the handshake. ``_push_crypto_data`` iterates the buffers, so
+        removing both dict entries keeps it consistent. Skipped if a future aioquic lays
+        these out differently.
+        """
+        buffers = getattr(self, "_crypto_buffers", None)
+        streams = getattr(self, "_crypto_streams", None)
+        spaces = getattr(self, "_spaces", None)
+        if not (isinstance(buffers, dict) and isinstance(streams, dict)):
+            return
+        if not isinstance(spaces, dict):
+            return
+        for epoch in (aioquic_tls.Epoch.INITIAL, aioquic_tls.Epoch.HANDSHAKE):
+            space = spaces.get(epoch)
+            if space is None or not getattr(space, "discarded", False):
+                continue  # only epochs aioquic itself has discarded
+            buffers.pop(epoch, None)
+            streams.pop(epoch, None)
+
     def _close_begin(self, is_initiator: bool, now: float) -> None:
         if self._state not in END_STATES and not self._close_pending:
             self.closed_by_peer = not is_initiator

@@ -90,6 +90,9 @@ class QUICSocket:
     ``"auto"`` prefers the former. ``reset_key`` (32 bytes) derives stateless-reset
     tokens; keep it stable across restarts to let peers learn quickly that old
     connections are gone.
+
+    ``sock`` hands over an already bound UDP socket (``AF_INET`` or ``AF_INET6``,
+    ``SOCK_DGRAM``) instead of binding ``host``:``port``; see :meth:`from_socket`.
     """
 
     def __init__(
@@ -97,12 +100,16 @@ class QUICSocket:
         host: str = "::",
         port: int = 0,
         *,
+        sock: _socket.socket | None = None,
         io: IOMode = "auto",
         gso: bool = True,
         reset_key: bytes | None = None,
     ) -> None:
         if io not in ("auto", "selector", "transport"):
             raise ValueError(f"io must be 'auto', 'selector' or 'transport', not {io!r}")
+        if sock is not None:
+            host, port = _check_bound(sock)
+        self._adopted = sock
         self._host = host
         self._port = port
         self._io: IOMode = io
@@ -113,7 +120,7 @@ class QUICSocket:
         self._loop: asyncio.AbstractEventLoop  # set by start()
         self._family = _socket.AF_INET
         self._dual_stack = False
-        self._local: Address = ("", 0)
+        self._local: Address = (host, port) if sock is not None else ("", 0)
         self._routes: dict[bytes, QUICConnection] = {}
         self._connections: set[QUICConnection] = set()
         self._server: QUICServer | None = None
@@ -154,31 +161,61 @@ class QUICSocket:
         await sock.start()
         return sock
 
+    @classmethod
+    def from_socket(
+        cls,
+        sock: _socket.socket,
+        *,
+        io: IOMode = "auto",
+        gso: bool = True,
+        reset_key: bytes | None = None,
+    ) -> QUICSocket:
+        """A (not yet started) QUICSocket on ``sock``, a bound UDP socket it takes over.
+
+        For callers that must know the port synchronously: bind a ``socket.socket`` now,
+        read its port, hand it over, then ``await start()`` (or ``async with``) later.
+        The socket is made non-blocking; :meth:`close` closes it, also if never started.
+        """
+        return cls(sock=sock, io=io, gso=gso, reset_key=reset_key)
+
     async def start(self) -> None:
-        """Bind the UDP socket and start reading."""
+        """Bind the UDP socket (or take over the one given) and start reading."""
         if self._sock is not None or self._closed:
             raise SocketClosedError("the socket was already started or closed")
         self._loop = asyncio.get_running_loop()
-        infos = await self._loop.getaddrinfo(
-            self._host, self._port, type=_socket.SOCK_DGRAM, flags=_socket.AI_PASSIVE
-        )
-        if not infos:
-            raise OSError(f"cannot resolve {self._host!r}")
-        family, _, _, _, sockaddr = infos[0]
-        sock = _socket.socket(family, _socket.SOCK_DGRAM)
-        try:
-            if family == _socket.AF_INET6:
-                dual = ipaddress.ip_address(sockaddr[0]) == ipaddress.IPv6Address("::")
-                sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0 if dual else 1)
-                self._dual_stack = dual
-            for opt in (_socket.SO_RCVBUF, _socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(_socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-            sock.bind(sockaddr)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
+        if self._adopted is not None:
+            sock = self._adopted
+            family = sock.family
+            try:
+                if family == _socket.AF_INET6:
+                    v6only = sock.getsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY)
+                    unspecified = ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
+                    self._dual_stack = not v6only and unspecified == ipaddress.IPv6Address("::")
+                _enlarge_buffers(sock)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            infos = await self._loop.getaddrinfo(
+                self._host, self._port, type=_socket.SOCK_DGRAM, flags=_socket.AI_PASSIVE
+            )
+            if not infos:
+                raise OSError(f"cannot resolve {self._host!r}")
+            family, _, _, _, sockaddr = infos[0]
+            sock = _socket.socket(family, _socket.SOCK_DGRAM)
+            try:
+                if family == _socket.AF_INET6:
+                    dual = ipaddress.ip_address(sockaddr[0]) == ipaddress.IPv6Address("::")
+                    sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0 if dual else 1)
+                    self._dual_stack = dual
+                _enlarge_buffers(sock)
+                sock.bind(sockaddr)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+        self._adopted = None
         self._sock = sock
         self._family = family
         bound = sock.getsockname()
@@ -222,6 +259,9 @@ class QUICSocket:
             self._flush_handle = None
         self._dirty.clear()
         self._send_queue.clear()
+        if self._adopted is not None:  # handed over but never started
+            self._adopted.close()
+            self._adopted = None
         sock = self._sock
         self._sock = None
         if self._transport is not None:
@@ -635,6 +675,26 @@ class QUICSocket:
 
 
 _GRO_CMSG_SPACE = _socket.CMSG_SPACE(4) if hasattr(_socket, "CMSG_SPACE") else 0
+
+
+def _check_bound(sock: _socket.socket) -> Address:
+    """The local address of ``sock``, which must be a bound IPv4/IPv6 UDP socket."""
+    if sock.family not in (_socket.AF_INET, _socket.AF_INET6):
+        raise ValueError(f"need an AF_INET or AF_INET6 socket, not {sock.family!r}")
+    if sock.type != _socket.SOCK_DGRAM:
+        raise ValueError(f"need a SOCK_DGRAM (UDP) socket, not {sock.type!r}")
+    if sock.fileno() < 0:
+        raise ValueError("the socket is closed")
+    bound = sock.getsockname()
+    if not bound[1]:
+        raise ValueError("the socket is not bound (bind it first, e.g. to port 0)")
+    return _display(bound[0]), int(bound[1])
+
+
+def _enlarge_buffers(sock: _socket.socket) -> None:
+    for opt in (_socket.SO_RCVBUF, _socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(_socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
 
 
 def _gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:

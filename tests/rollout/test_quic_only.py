@@ -82,6 +82,48 @@ def test_quic_only_agents_run_without_grpc() -> None:
     assert "QUIC-ONLY DUAL OK" in result.stdout
 
 
+INSTALLED_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, tempfile
+    from pathlib import Path
+    from tests.rollout.fleet import call_every_method, make_agents, seed
+
+    async def main() -> None:
+        agents = make_agents(Path(tempfile.mkdtemp()), 3, stage="quic-only")
+        try:
+            for agent in agents:
+                await agent.start()
+            await seed(agents)
+            await call_every_method(agents[0], agents[1], agents[2])
+        finally:
+            for agent in agents:
+                await agent.stop()
+        # (agent.status / agent.servicer use grpcio's StatusCode and generated servicer
+        # base when grpcio is installed; the legacy stack itself is never loaded)
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "legacy_grpc"
+                        or m in ("agent.legacy", "agent.cli"))
+        assert not loaded, loaded
+        print("NO LEGACY STACK")
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.timeout(150)
+def test_quic_only_never_loads_the_legacy_stack_even_when_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", INSTALLED_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "NO LEGACY STACK" in result.stdout
+
+
 def test_dual_module_imports_no_grpc_at_module_level() -> None:
     for path in (ROOT / "agent" / "dual.py", ROOT / "migration" / "fleet.py"):
         tree = ast.parse(path.read_text(), str(path))
