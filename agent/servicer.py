@@ -69,10 +69,11 @@ from protos.agent.v1 import common_pb2 as common
 if TYPE_CHECKING:
     from protos.agent.v1.agent_service_pb2_grpc import AgentServiceServicer as _ServicerBase
 else:
-    try:  # the generated base needs grpcio; the quic-only stage binds by descriptor instead
-        from protos.agent.v1.agent_service_pb2_grpc import AgentServiceServicer as _ServicerBase
-    except ImportError:
-        _ServicerBase = object
+    # The servicer implements every method itself, so it needs nothing from the generated
+    # base class — and importing that class would import grpcio, which the quic-only
+    # stage must not load even where it is installed. Both `add_..._to_server` and the
+    # descriptor binding take any object with the methods.
+    _ServicerBase = object
 
 __all__ = [
     "AgentServicer",

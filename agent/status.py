@@ -1,8 +1,8 @@
 """RPC status codes for agent code, with or without grpcio installed.
 
-``StatusCode`` is ``grpc.StatusCode`` when grpcio is importable, so a servicer's
-``context.abort(StatusCode.NOT_FOUND, ...)`` works unchanged on grpc.aio. Without grpcio
-(the quic-only stage) it is :class:`FallbackStatusCode`, an enum with the same member
+``StatusCode.NAME`` is the ``grpc.StatusCode`` member when grpcio is loaded, so a
+servicer's ``context.abort(StatusCode.NOT_FOUND, ...)`` works unchanged on grpc.aio.
+Without grpcio loaded (the quic-only stage) it is a :class:`FallbackStatusCode` member, an enum with the same member
 names and the same ``(number, "name")`` values as grpc's, so a grpc-compatible context
 can map it by ``.name`` or ``.value[0]``. :func:`status_number` gives the wire number of
 either.
@@ -11,6 +11,7 @@ either.
 from __future__ import annotations
 
 import enum
+import sys
 from typing import Any
 
 __all__ = ["FallbackStatusCode", "StatusCode", "status_number"]
@@ -38,15 +39,27 @@ class FallbackStatusCode(enum.Enum):
     UNAUTHENTICATED = (16, "unauthenticated")
 
 
-def _load_status_code() -> Any:
-    try:
-        import grpc
-    except ImportError:
-        return FallbackStatusCode
-    return grpc.StatusCode
+class _StatusCodes:
+    """Resolves ``StatusCode.NAME`` at the moment it is used.
+
+    ``grpc.StatusCode`` when grpcio is already loaded in this process (the legacy stack
+    imported it, so its contexts need its own members), else :class:`FallbackStatusCode`.
+    Looking the module up in ``sys.modules`` instead of importing it keeps a quic-only
+    agent free of grpcio even where grpcio is installed.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        grpc = sys.modules.get("grpc")
+        codes: Any = getattr(grpc, "StatusCode", None) if grpc is not None else None
+        if codes is None:
+            codes = FallbackStatusCode
+        try:
+            return codes[name]
+        except KeyError:
+            raise AttributeError(f"no status code named {name!r}") from None
 
 
-StatusCode: Any = _load_status_code()
+StatusCode: Any = _StatusCodes()
 
 
 def status_number(code: Any) -> int:

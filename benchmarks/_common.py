@@ -1,8 +1,8 @@
 """Helpers shared by the benchmarks: test certificates, percentiles, machine description.
 
-Everything here is plain data or files; nothing starts a server. The per-layer
-benchmarks (``quic_transport``, ``rpc_unary``) each carry a copy of the certificate
-and percentile code below and could import it from here instead.
+Everything here is plain data or files; nothing starts a server. ``adapter`` keeps its
+own certificates (leaf CN ``localhost`` with key identifiers, no client leaf) and its own
+percentile (``int(fraction * n)`` of unsorted values), which differ from these.
 """
 
 from __future__ import annotations

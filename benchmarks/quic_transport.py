@@ -34,8 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from ._common import percentile, write_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quic_transport.json"
@@ -43,65 +42,6 @@ ALPN = "quicshift-bench/1"
 ECHO = b"E"
 SINK = b"S"
 VARIANTS = ("quicshift", "quicshift-loopback", "aioquic", "tcp-tls")
-
-
-# -- certificates --------------------------------------------------------------------
-
-
-def _make_certs(directory: Path) -> None:
-    """A P-256 CA plus server and client leaves, as PEM files in ``directory``."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("bench-ca"))
-        .issuer_name(name("bench-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for role in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name(role))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        (directory / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (directory / f"{role}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
 
 
 def _quicshift_config(variant: str) -> Any:
@@ -391,9 +331,9 @@ async def _measure(
     samples.sort()
     return {
         "latency_us": {
-            "p50": round(_percentile(samples, 50) * 1e6, 1),
-            "p90": round(_percentile(samples, 90) * 1e6, 1),
-            "p99": round(_percentile(samples, 99) * 1e6, 1),
+            "p50": round(percentile(samples, 50) * 1e6, 1),
+            "p90": round(percentile(samples, 90) * 1e6, 1),
+            "p99": round(percentile(samples, 99) * 1e6, 1),
             "mean": round(statistics.fmean(samples) * 1e6, 1),
             "requests": requests,
         },
@@ -416,11 +356,6 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_us": latency,
         "bulk": {"bytes": runs[0]["bulk"]["bytes"], "mbit_s": mbit_s},
     }
-
-
-def _percentile(sorted_samples: list[float], pct: float) -> float:
-    index = min(len(sorted_samples) - 1, max(0, round(pct / 100 * (len(sorted_samples) - 1))))
-    return sorted_samples[index]
 
 
 async def _run_variant(variant: str, certs: Path, requests: int, bulk: int) -> dict[str, Any]:
@@ -452,7 +387,7 @@ async def _main(quick: bool, variants: list[str], rounds: int) -> dict[str, Any]
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp)
-        _make_certs(certs)
+        write_certs(certs)
         # Variants take turns round by round, so load from other processes on the
         # machine spreads over all of them instead of skewing one.
         for round_index in range(rounds):

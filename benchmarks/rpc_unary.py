@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import importlib.util
-import ipaddress
 import json
 import os
 import platform
@@ -36,6 +34,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from ._common import percentile, write_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "rpc.json"
@@ -56,60 +56,6 @@ def _available(stack: str) -> bool:
         return importlib.util.find_spec(need) is not None
     except ModuleNotFoundError:
         return False
-
-
-# -- certificates ------------------------------------------------------------------------
-
-
-def _write_certs(directory: Path) -> None:
-    """A P-256 CA and server/client leaves (SAN localhost, 127.0.0.1), PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-
-    def subject(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def builder(cn: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> Any:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject(cn))
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        builder("rpc-bench-ca", subject("rpc-bench-ca"), ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    for role in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            builder(role, ca.subject, key)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(san, critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        (directory / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (directory / f"{role}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
 
 
 def _quic_credentials(certs: Path, role: str) -> Any:
@@ -273,11 +219,6 @@ async def _client_grpc(certs: Path, port: int) -> tuple[Unary, Streaming, Close]
     return unary, streaming, close
 
 
-def _percentile(samples: list[float], pct: float) -> float:
-    index = min(len(samples) - 1, max(0, round(pct / 100 * (len(samples) - 1))))
-    return samples[index]
-
-
 async def _measure(stack: str, certs: Path, port: int, calls: int, messages: int) -> dict[str, Any]:
     connect = {"quic_rpc-quic": _client_rpc_quic, "quic_rpc-tls": _client_rpc_tls}.get(
         stack, _client_grpc
@@ -306,8 +247,8 @@ async def _measure(stack: str, certs: Path, port: int, calls: int, messages: int
         await close()
     return {
         "unary_latency_us": {
-            "p50": round(_percentile(samples, 50) * 1e6, 1),
-            "p99": round(_percentile(samples, 99) * 1e6, 1),
+            "p50": round(percentile(samples, 50) * 1e6, 1),
+            "p99": round(percentile(samples, 99) * 1e6, 1),
             "mean": round(statistics.fmean(samples) * 1e6, 1),
         },
         "unary_calls_per_s": round(calls / total),
@@ -346,7 +287,7 @@ async def _main(quick: bool, stacks: list[str]) -> dict[str, Any]:
     skipped: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp)
-        _write_certs(certs)
+        write_certs(certs)
         for stack in stacks:
             if not _available(stack):
                 skipped.append(stack)

@@ -209,7 +209,11 @@ class QUICServerPort:
     @property
     def port(self) -> int:
         if self._port == 0 and self._socket is None:
-            self._port = _reserve_port(self._host)
+            # Asked before open() (aio servers, whose add_secure_port is sync): bind a
+            # plain UDP socket now and hand it to the QUICSocket, so no other process can
+            # take the port between now and start().
+            self._socket = QUICSocket.from_socket(_bind_udp(self._host))
+            self._port = self._socket.local_address[1]
         return self._port
 
     async def open(self) -> None:
@@ -217,6 +221,8 @@ class QUICServerPort:
         if self._socket is None:
             self._socket = await QUICSocket.bind(self._host, self._port)
             self._port = self._socket.local_address[1]
+        elif not self._socket.is_open:
+            await self._socket.start()  # the socket bound by ``port``
 
     async def _handle(self, stream: ByteStream) -> None:
         await serve_stream(stream, self._dispatch, max_receive=self._max_receive)
@@ -235,15 +241,18 @@ class QUICServerPort:
             await self._socket.close()
 
 
-def _reserve_port(host: str) -> int:
-    """Pick a free UDP port on ``host`` (for aio servers, whose add_secure_port is sync)."""
+def _bind_udp(host: str) -> _socket.socket:
+    """A UDP socket bound to a free port on ``host`` (``"::"`` is dual-stack)."""
     family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
-    with _socket.socket(family, _socket.SOCK_DGRAM) as probe:
-        if family == _socket.AF_INET6 and host == "::":
-            probe.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0)
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    sock = _socket.socket(family, _socket.SOCK_DGRAM)
+    try:
+        if family == _socket.AF_INET6:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        sock.bind((host, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def bind_quic_port(

@@ -98,10 +98,11 @@ INSTALLED_SCRIPT = textwrap.dedent(
         finally:
             for agent in agents:
                 await agent.stop()
-        # (agent.status / agent.servicer use grpcio's StatusCode and generated servicer
-        # base when grpcio is installed; the legacy stack itself is never loaded)
+        # grpcio is installed here: the adapter's compat layer loads it so that its errors
+        # are real grpc.RpcError instances, but nothing of the legacy stack or of the
+        # grpc-generated modules may be loaded
         loaded = sorted(m for m in sys.modules if m.split(".")[0] == "legacy_grpc"
-                        or m in ("agent.legacy", "agent.cli"))
+                        or m.endswith("_pb2_grpc") or m in ("agent.legacy", "agent.cli"))
         assert not loaded, loaded
         print("NO LEGACY STACK")
 
