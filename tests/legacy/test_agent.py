@@ -1,4 +1,9 @@
-"""Legacy agents on loopback calling every agent method on each other."""
+"""What only the legacy stack has: its forward proxy's auth and its reverse proxy's gate.
+
+The three-agent node-to-node suite (every method between every pair, caller identity,
+pagination, restart, wrong node) runs on both stacks, legacy included, in
+tests/agent_quic/test_agent_suite.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,15 +19,9 @@ import pytest_asyncio
 
 from agent.domains.notifications import new_notification, sign_notification
 from agent.identity import NodeIdentity
-from agent.legacy import LegacyAgent, LegacyAgentError
-from agent.nodeid import NodeId
-from agent.servicer import node_id_to_proto, request_cross_sign, signed_notification_to_proto
-from legacy_grpc import NodeIdMismatchError
-from protos.agent.v1 import agent_service_pb2 as pb
+from agent.legacy import LegacyAgent
+from agent.servicer import signed_notification_to_proto
 from protos.agent.v1 import agent_service_pb2_grpc
-from protos.agent.v1 import common_pb2 as common
-from protos.grpc.health.v1 import health_pb2
-from tests.legacy._support import collect_pages
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
 
@@ -55,225 +53,6 @@ async def fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[list[
     finally:
         for agent in agents:
             await agent.stop()
-
-
-PAIRS = list(itertools.permutations(range(3), 2))
-
-
-@pytest.mark.parametrize(("i", "j"), PAIRS)
-async def test_every_method(fleet: list[LegacyAgent], i: int, j: int) -> None:
-    src, dst = fleet[i], fleet[j]
-    third = next(a for a in fleet if a is not src and a is not dst)
-    conn = await src.connect(dst.node_id, dst.host, dst.port)
-    assert conn.node_id == dst.node_id
-    stub = conn.stub
-
-    health = await conn.health.Check(health_pb2.HealthCheckRequest(service=""))
-    assert health.status == health_pb2.HealthCheckResponse.SERVING
-    listed = await conn.health.List(health_pb2.HealthListRequest())
-    assert "quicshift.agent.v1.AgentService" in listed.statuses
-
-    echo = await stub.Echo(common.EchoMessage(message=f"ping {i}->{j}"))
-    assert echo.message == f"ping {i}->{j}"
-
-    closest, _ = await collect_pages(
-        lambda p: stub.NodesClosestLocalNodesGet(
-            pb.ClosestLocalNodesRequest(target=node_id_to_proto(src.node_id), pagination=p)
-        ),
-        "node",
-        1,
-    )
-    got = [NodeId(bytes(n.node_id.id)) for n in closest]
-    assert got[0] == src.node_id
-    assert set(got) == {src.node_id, third.node_id}
-    assert all(n.addresses[0].transports == ["grpc"] for n in closest)
-
-    ours, theirs = await request_cross_sign(stub, src.identity, src.claims, dst.node_id, timeout=30)
-    assert ours.claim.issuer == src.node_id and ours.claim.subject == dst.node_id
-    assert {s.signer for s in ours.signatures} == {src.node_id, dst.node_id}
-    assert dst.claims.get(src.node_id, ours.claim.sequence_number) == ours
-    assert src.claims.get(dst.node_id, theirs.claim.sequence_number) == theirs
-
-    claims, _ = await collect_pages(
-        lambda p: stub.NodesClaimsGet(pb.ClaimsGetRequest(pagination=p)), "claim", 1
-    )
-    assert theirs.claim.claim_id in {bytes(c.claim.claim_id) for c in claims}
-
-    punch = await stub.NodesHolePunchSignal(
-        pb.HolePunchSignalRequest(target=node_id_to_proto(third.node_id), transports=["grpc"])
-    )
-    # The handler saw the caller at its forward proxy's end of the TLS connection.
-    tunnel_ports = {
-        t.local_port for t in src.forward_proxy.tunnels() if t.info.node_id == dst.node_id
-    }
-    assert punch.requester_address.host == "127.0.0.1"
-    assert punch.requester_address.port in tunnel_ports
-
-    notification = new_notification(src.node_id, "general", f"{i}->{j}".encode())
-    signed = sign_notification(notification, src.identity)
-    await stub.NotificationsSend(signed_notification_to_proto(signed))
-    inbox = [e.notification for e in dst.notifications.all()]
-    assert notification in inbox
-
-    vaults, _ = await collect_pages(
-        lambda p: stub.VaultsScan(pb.VaultsScanRequest(pagination=p)), "vault", 1
-    )
-    assert [v.vault_name for v in vaults] == [vault_for(src)]
-    assert sorted(vaults[0].permissions) == ["pull", "scan"]
-
-    data = b"".join(
-        [m.chunk async for m in stub.VaultsPull(pb.VaultsPullRequest(vault_name=vault_for(src)))]
-    )
-    assert data == dst.vaults.archive_bytes(vault_for(src))
-    with pytest.raises(grpc.aio.AioRpcError) as denied:
-        async for _ in stub.VaultsPull(pb.VaultsPullRequest(vault_name=vault_for(third))):
-            pass
-    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-
-
-async def test_handler_identifies_caller_by_its_chain(fleet: list[LegacyAgent]) -> None:
-    src, dst = fleet[2], fleet[0]  # src has a rotated chain
-    assert len(src.identity.chain_der()) == 2
-    conn = await src.connect(dst.node_id, dst.host, dst.port)
-    # No sender chain in the message: the servicer must use the chain the proxy saw.
-    notification = new_notification(src.node_id, "general", b"chainless")
-    message = signed_notification_to_proto(sign_notification(notification, src.identity))
-    del message.sender_chain[:]
-    await conn.stub.NotificationsSend(message)
-    assert notification in [e.notification for e in dst.notifications.all()]
-    # A notification signed by someone else is refused: the handler knows who called.
-    other = fleet[1]
-    forged = sign_notification(new_notification(other.node_id, "general", b"x"), other.identity)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await conn.stub.NotificationsSend(signed_notification_to_proto(forged))
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert str(src.node_id) in (info.value.details() or "")
-
-
-async def test_paginated_streams_return_each_item_once(
-    fleet: list[LegacyAgent], tmp_path: Path
-) -> None:
-    src = fleet[0]
-    async with LegacyAgent(tmp_path / "many", key_type="p256") as dst:
-        extra = [NodeIdentity.generate().node_id for _ in range(23)]
-        for n, node_id in enumerate(extra):
-            dst.add_node(node_id, "127.0.0.1", 10_000 + n)
-        names = [f"vault-{n:02d}" for n in range(11)]
-        for name in names:
-            dst.vaults.create_vault(name)
-            dst.vaults.grant(name, src.node_id)
-        conn = await src.connect(dst.node_id, dst.host, dst.port)
-        for _ in range(5):
-            await request_cross_sign(conn.stub, src.identity, src.claims, dst.node_id, timeout=30)
-        stub = conn.stub
-        for page_size in (1, 2, 7, 50):
-            for order in (common.SORT_ORDER_ASC, common.SORT_ORDER_DESC):
-                nodes, pages = await collect_pages(
-                    lambda p: stub.NodesClosestLocalNodesGet(
-                        pb.ClosestLocalNodesRequest(
-                            target=node_id_to_proto(src.node_id), pagination=p
-                        )
-                    ),
-                    "node",
-                    page_size,
-                    order=order,
-                )
-                ids = [NodeId(bytes(n.node_id.id)) for n in nodes]
-                assert sorted(ids) == sorted(extra)
-                assert pages == max(1, -(-len(extra) // page_size))
-                vaults, _ = await collect_pages(
-                    lambda p: stub.VaultsScan(pb.VaultsScanRequest(pagination=p)),
-                    "vault",
-                    page_size,
-                    order=order,
-                )
-                expected = names if order == common.SORT_ORDER_ASC else names[::-1]
-                assert [v.vault_name for v in vaults] == expected
-                claims, _ = await collect_pages(
-                    lambda p: stub.NodesClaimsGet(pb.ClaimsGetRequest(pagination=p)),
-                    "claim",
-                    page_size,
-                    order=order,
-                )
-                seqs = [c.claim.sequence_number for c in claims]
-                assert sorted(seqs) == list(range(1, 6))
-                assert len(set(seqs)) == 5
-        await src.disconnect(dst.node_id)
-
-
-async def test_state_survives_restart(fleet: list[LegacyAgent], tmp_path: Path) -> None:
-    peer = fleet[1]
-    state_dir = tmp_path / "restart"
-    first = LegacyAgent(state_dir, key_type="p256")
-    await first.start()
-    node_id = first.node_id
-    first.vaults.create_vault("kept")
-    first.vaults.write_file("kept", "notes.txt", b"still here")
-    first.vaults.grant("kept", peer.node_id)
-    first.add_node(peer.node_id, peer.host, peer.port)
-    conn = await peer.connect(node_id, first.host, first.port)
-    ours, _ = await request_cross_sign(conn.stub, peer.identity, peer.claims, node_id, timeout=30)
-    note = new_notification(peer.node_id, "general", b"remember me")
-    await conn.stub.NotificationsSend(
-        signed_notification_to_proto(sign_notification(note, peer.identity))
-    )
-    old_port = first.port
-    await first.stop()
-    await peer.disconnect(node_id)
-    with pytest.raises(LegacyAgentError):
-        _ = first.port
-    with pytest.raises(OSError):
-        _, writer = await asyncio.open_connection("127.0.0.1", old_port)
-        writer.close()
-
-    async with LegacyAgent(state_dir) as second:
-        assert second.node_id == node_id
-        assert second.vaults.read_file("kept", "notes.txt") == b"still here"
-        assert second.claims.get(peer.node_id, ours.claim.sequence_number) == ours
-        assert note in [e.notification for e in second.notifications.all()]
-        assert second.nodes.get_node(peer.node_id) is not None
-        conn = await peer.connect(node_id, second.host, second.port)
-        data = b"".join(
-            [m.chunk async for m in conn.stub.VaultsPull(pb.VaultsPullRequest(vault_name="kept"))]
-        )
-        assert data == second.vaults.archive_bytes("kept")
-        await peer.disconnect(node_id)
-
-
-async def test_stop_leaves_nothing_open(tmp_path: Path) -> None:
-    before = asyncio.all_tasks()
-    a = LegacyAgent(tmp_path / "a")
-    b = LegacyAgent(tmp_path / "b")
-    await a.start()
-    await b.start()
-    conn = await a.connect(b.node_id, b.host, b.port)
-    await conn.stub.Echo(common.EchoMessage(message="x"))
-    ports = [a.port, b.port, a.forward_proxy.port, b.grpc_server.port]
-    await a.stop()
-    await b.stop()
-    await a.stop()  # idempotent
-    assert conn.closed
-    for port in ports:
-        with pytest.raises(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-    leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
-    assert leftover == []
-    with pytest.raises(LegacyAgentError):
-        await LegacyAgent(tmp_path / "a").connect(b.node_id)
-    with pytest.raises(LegacyAgentError):
-        await a.start()
-
-
-async def test_unknown_node_and_wrong_node(fleet: list[LegacyAgent]) -> None:
-    src = fleet[0]
-    stranger = NodeIdentity.generate().node_id
-    with pytest.raises(LegacyAgentError, match="not in the node graph"):
-        await src.connect(stranger)
-    # The stranger's id, but agent 1's address: agent 1 answers, and is refused.
-    with pytest.raises(NodeIdMismatchError) as info:
-        await src.connect(stranger, fleet[1].host, fleet[1].port)
-    assert info.value.actual == fleet[1].node_id
 
 
 async def test_forward_proxy_serves_only_its_agent(fleet: list[LegacyAgent]) -> None:
