@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.operator_cli import add_operator_parsers
 
     add_operator_parsers(sub)
+    from agent.cutover_cli import add_check_parser, add_cutover_parser
+
+    add_check_parser(sub)
+    add_cutover_parser(sub)
     return parser
 
 
@@ -462,6 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.operator_cli import run_operator_command
 
         return run_operator_command(args, sys.stdout, sys.stderr)
+    if args.command in {"check", "cutover"}:
+        from agent.cutover_cli import run_check_command, run_cutover_command
+
+        if args.command == "check":
+            return run_check_command(args, sys.stdout, sys.stderr)
+        return run_cutover_command(args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return 2
 

@@ -7,6 +7,7 @@ address and the process id, to ``<state_dir>/agent.json`` (mode 0600), so only w
 can read the state dir controls the agent.
 
 Operations: ``status``, ``metrics`` (snapshot), ``prometheus`` (exposition text),
+``calls_by_transport`` (calls and seconds since the last call, per transport),
 ``set_stage`` / ``advance`` / ``rollback`` (with ``stage``, ``reason``), ``add_peer``
 (``node_id``, ``host``, ``ports``), ``refresh_peers``, ``call`` (``node_id``,
 ``method``, ``request`` as JSON, ``transport``, ``timeout``) and ``stop``.
@@ -252,6 +253,9 @@ class ControlServer:
 
     async def _op_prometheus(self, request: dict[str, Any]) -> Any:
         return self._agent.metrics.render_prometheus()
+
+    async def _op_calls_by_transport(self, request: dict[str, Any]) -> Any:
+        return self._agent.metrics.calls_by_transport()
 
     async def _change(self, change: Any) -> Any:
         return {

@@ -216,6 +216,7 @@ class MetricsRegistry:
         self._errors: dict[tuple[str, str, str], int] = {}
         self._latency: dict[tuple[str, str], _Histogram] = {}
         self._fallbacks: dict[tuple[str, str, str, str], _Fallbacks] = {}
+        self._last_call: dict[str, float] = {}  # transport -> time.monotonic()
 
     @property
     def buckets(self) -> tuple[float, ...]:
@@ -233,6 +234,7 @@ class MetricsRegistry:
         key = (transport, method)
         with self._lock:
             self._calls[key] = self._calls.get(key, 0) + 1
+            self._last_call[transport] = time.monotonic()
             if code != "OK":
                 error_key = (transport, method, code)
                 self._errors[error_key] = self._errors.get(error_key, 0) + 1
@@ -264,6 +266,28 @@ class MetricsRegistry:
             self._errors.clear()
             self._latency.clear()
             self._fallbacks.clear()
+            self._last_call.clear()
+
+    def calls_by_transport(self) -> dict[str, dict[str, Any]]:
+        """Per transport: calls recorded and seconds since the last one (``None`` if
+        none), e.g. ``{"grpc": {"calls": 3, "last_call_age": 12.5}}`` — what
+        ``quicshift cutover check`` reads to tell whether gRPC was used recently."""
+        now = time.monotonic()
+        with self._lock:
+            totals: dict[str, int] = {}
+            for (transport, _), calls in self._calls.items():
+                totals[transport] = totals.get(transport, 0) + calls
+            return {
+                transport: {
+                    "calls": totals.get(transport, 0),
+                    "last_call_age": (
+                        None
+                        if transport not in self._last_call
+                        else now - self._last_call[transport]
+                    ),
+                }
+                for transport in sorted(set(totals) | set(self._last_call))
+            }
 
     def snapshot(self) -> dict[str, Any]:
         """Everything, as plain JSON-able data::

@@ -100,6 +100,7 @@ class QUICConnection:
         self.on_datagram: Callable[[bytes], None] | None = None
         """Called with each received datagram (RFC 9221) when datagrams are enabled."""
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._peer_info_cache: tuple[Any, PeerInfo] | None = None
         self._on_established: Callable[[QUICConnection], None] | None = None
         self._on_finalized: Callable[[QUICConnection], None] | None = None
         self._on_handshake_failed: Callable[[QUICConnection], None] | None = None
@@ -169,9 +170,16 @@ class QUICConnection:
 
     @property
     def peer_info(self) -> PeerInfo:
+        # PeerInfo is immutable and read on every call (twice per call on a server), so
+        # once established it is built once per peer address (a NAT rebinding makes a
+        # fresh one); identity, chain and ALPN are all settled by then.
+        addr = self._engine.get_peer_address()
+        cached = self._peer_info_cache
+        if cached is not None and cached[0] == addr:
+            return cached[1]
         local_host, local_port = self.local_address
         remote_host, remote_port = self.remote_address
-        return PeerInfo(
+        info = PeerInfo(
             transport="quic",
             local_host=local_host,
             local_port=local_port,
@@ -182,6 +190,9 @@ class QUICConnection:
             alpn=self._engine.alpn,
             stats=self.stats,
         )
+        if self._established and addr is not None:
+            self._peer_info_cache = (addr, info)
+        return info
 
     @property
     def info(self) -> PeerInfo:
@@ -596,12 +607,20 @@ class QUICConnection:
             return
         now = self._loop.time()
         due = self._keepalive_due
+        pinged = False
         if due is not None and now >= due and self._lost is None:
             self._engine.send_ping(next(_ping_ids))
             self._last_heard = now  # next keepalive one interval later unless we hear back
+            pinged = True
         engine_at = self._engine.get_timer()
         if engine_at is not None and now >= engine_at:
             self._engine.handle_timer(max(now, engine_at))
+        elif not pinged:
+            # Fired early (the deadline moved later since it was armed, e.g. the ACK or
+            # loss timer after the peer's reply): nothing is due, so skip the full
+            # event/packet-building pass and only re-arm for the new deadline.
+            self._arm_timer(now)
+            return
         self._flush()
 
     def _wake(self) -> None:

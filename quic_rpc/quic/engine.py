@@ -32,6 +32,7 @@ from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnection,
     QuicConnectionState,
+    QuicReceiveContext,
 )
 from aioquic.quic.packet import (
     QuicFrameType,
@@ -70,6 +71,13 @@ CONNECTION_ID_LENGTH = 8
 
 SUPPORTED_VERSIONS = tuple(QuicConfiguration().supported_versions)
 _MAX_REASON = 200
+_LONE_ACK_DELAY = 0.005
+"""How long the ACK of a lone ack-eliciting 1-RTT packet (a request, a response) waits
+for a reply to carry it. aioquic acks after 1 ms, so any reply slower than that costs
+a separate ACK-only datagram each way. Well under the 25 ms max_ack_delay we advertise,
+so the peer's loss detection already allows for it; as soon as a second ack-eliciting
+packet is pending, aioquic's 1 ms schedule applies again (bulk transfers are unchanged)."""
+_APPLICATION_EPOCHS = (aioquic_tls.Epoch.ONE_RTT, aioquic_tls.Epoch.ZERO_RTT)
 
 
 def stateless_reset_token(key: bytes, cid: bytes) -> bytes:
@@ -220,6 +228,9 @@ class EngineConnection(QuicConnection):
         self._stream_window = config.stream_window
         self._connection_window = config.connection_window
         self._consumed: dict[int, int] = {}
+        self._eliciting_unacked = 0
+        """Ack-eliciting 1-RTT packets received since our last 1-RTT ACK."""
+        self._first_eliciting_at = 0.0
 
         # We only use bidirectional streams; the peer may have max_streams open at once.
         for limit, value in (
@@ -329,6 +340,47 @@ class EngineConnection(QuicConnection):
             "bytes_in_flight": float(loss.bytes_in_flight),
             "packets_lost": float(self.packets_lost),
         }
+
+    # -- delayed ACKs that ride on the reply ---------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        before = self._eliciting_unacked
+        super().receive_datagram(data, addr, now)
+        count = self._eliciting_unacked
+        if count == before:
+            return
+        space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
+        if space is None or space.ack_at is None:
+            return
+        if before == 0:
+            self._first_eliciting_at = now
+        if count == 1:
+            space.ack_at = self._first_eliciting_at + _LONE_ACK_DELAY
+        else:
+            space.ack_at = min(space.ack_at, self._first_eliciting_at + self._ack_delay)
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        if self._eliciting_unacked:
+            space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
+            if space is not None and space.ack_at is not None:
+                # make the pending ACK due now, so the packet carrying this data carries it
+                space.ack_at = min(space.ack_at, self._first_eliciting_at)
+
+    def _payload_received(
+        self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        result: tuple[bool, bool] = super()._payload_received(context, plain, crypto_frame_required)
+        if result[0] and context.epoch in _APPLICATION_EPOCHS:
+            self._eliciting_unacked += 1
+        return result
+
+    def _write_ack_frame(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, now: float
+    ) -> None:
+        super()._write_ack_frame(builder, space, now)
+        if space is self._spaces.get(aioquic_tls.Epoch.ONE_RTT):
+            self._eliciting_unacked = 0
 
     # -- flow control driven by consumption ---------------------------------------
 
