@@ -58,7 +58,7 @@ class RPCServerConfig:
     max_send_message_size: int | None = None
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     max_metadata_entries: int = DEFAULT_MAX_METADATA_ENTRIES
-    max_concurrent_calls_per_connection: int = 100
+    max_concurrent_calls_per_connection: int = 256
     handler_timeout: float | None = None
     header_timeout: float | None = 10.0
     request_buffer_size: int = 16

@@ -41,7 +41,7 @@ import psutil
 from agent.domains.notifications import new_notification, sign_notification
 from agent.dual import DualStackAgent
 from agent.servicer import signed_notification_to_proto
-from migration.rollout import RolloutStage
+from migration.rollout import FallbackExhaustedError, RolloutStage
 from protos.agent.v1 import agent_service_pb2 as pb
 from protos.agent.v1 import common_pb2 as common
 from tests.rollout.fleet import TEST_POLICY, introduce, make_agents, seed, vault_for
@@ -76,6 +76,7 @@ class SoakReport:
     traced_growth: int = 0
     fds_before: int = 0
     fds_after: int = 0
+    new_fds: list[str] = field(default_factory=list)
     sent: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -95,6 +96,7 @@ class SoakReport:
             "rss_growth_mib": round(self.rss_growth / 2**20, 1),
             "traced_growth_mib": round(self.traced_growth / 2**20, 1),
             "fds": [self.fds_before, self.fds_after],
+            "new_fds": self.new_fds,
         }
 
 
@@ -102,7 +104,23 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def fd_targets() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
 def _status(exc: BaseException) -> str:
+    if isinstance(exc, FallbackExhaustedError):
+        # every transport tried failed: retryable if each failed for a retryable reason
+        reasons = [a.reason for a in exc.attempts]
+        if reasons and all(any(r in reason for r in RETRYABLE) for reason in reasons):
+            return "UNAVAILABLE"
+        return f"FallbackExhaustedError: {exc}"
     code = getattr(exc, "code", None)
     if callable(code):
         try:
@@ -306,6 +324,7 @@ class Soak:
         started = time.monotonic()
         gc.collect()
         self.report.fds_before = open_fds()
+        fds0 = fd_targets()
         self.agents = make_agents(self.root, self.n, stage="quic-preferred", **self._agent_kwargs())
         process = psutil.Process()
         tasks: list[asyncio.Task[Any]] = []
@@ -360,6 +379,7 @@ class Soak:
                 await agent.stop()
         gc.collect()
         self.report.fds_after = open_fds()
+        self.report.new_fds = sorted(v for k, v in fd_targets().items() if k not in fds0)
         self.report.seconds = time.monotonic() - started
         return self.report
 
