@@ -329,7 +329,6 @@ class _StreamClientCall:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
         self._send_lock = asyncio.Lock()
         self._request_ended = False
-        self._eof_sent = False
         self._done = False
         self._ended = False
         self._reader = loop.create_task(self._read_loop())
@@ -393,7 +392,7 @@ class _StreamClientCall:
                 if not self._request_ended:
                     self._protocol.send_reset()
                     self._stream.reset(ResetCode.NO_ERROR)
-                elif not self._eof_sent:
+                else:
                     self._protocol.send_eof()
                     await self._stream.send_eof()
             except (StreamError, ProtocolError):
@@ -429,30 +428,14 @@ class _StreamClientCall:
                 await self._stream.send(frames)
             except (StreamError, ProtocolError) as exc:
                 raise CallCancelledError(str(exc)) from exc
-            if last:
-                await self._half_close()
-
-    async def _half_close(self) -> None:
-        """After REQUEST_END, end our side of the stream at once (as grpc sends END_STREAM
-        with the last message): the FIN leaves in the same packet as the request instead
-        of costing a datagram of its own after the trailer."""
-        try:
-            self._protocol.send_eof()
-            await self._stream.send_eof()
-        except (StreamError, ProtocolError):
-            return  # _after_trailer tries again
-        self._eof_sent = True
 
     async def done_writing(self) -> None:
         async with self._send_lock:
             if self._done or self._request_ended:
                 return
             self._request_ended = True
-            try:
+            with contextlib.suppress(StreamError, ProtocolError):
                 await self._stream.send(self._take_pending() + self._protocol.send_request_end())
-            except (StreamError, ProtocolError):
-                return
-            await self._half_close()
 
     async def read(self) -> bytes | None:
         if self._ended:

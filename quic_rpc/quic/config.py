@@ -35,7 +35,9 @@ class QUICConfig:
     * ``handshake_timeout`` — ``connect()`` gives up after this long.
     * ``max_connections`` — a server refuses new connections beyond this.
     * ``max_streams`` — how many bidirectional streams the peer may have open at once
-      on one connection (more wait in ``open_stream()``).
+      on one connection (more wait in ``open_stream()``). An RPC server's
+      ``RPCServerConfig.max_concurrent_calls_per_connection`` (256 by default) should not
+      be lower, or callers beyond it are refused rather than made to wait.
     * ``connection_window`` / ``stream_window`` — receive flow-control windows: the
       peer may send at most this many bytes the application has not read yet.
     * ``stream_send_buffer`` — at most this many unacknowledged bytes are buffered per

@@ -101,6 +101,8 @@ class QUICConnection:
         """Called with each received datagram (RFC 9221) when datagrams are enabled."""
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._peer_info_cache: tuple[Any, PeerInfo] | None = None
+        self._transmit_due = True
+        """The engine may have something to send (set by anything that changes its state)."""
         self._on_established: Callable[[QUICConnection], None] | None = None
         self._on_finalized: Callable[[QUICConnection], None] | None = None
         self._on_handshake_failed: Callable[[QUICConnection], None] | None = None
@@ -322,6 +324,7 @@ class QUICConnection:
         self.bytes_received += len(data)
         self.datagrams_received += 1
         self._last_heard = now
+        self._transmit_due = True
         self._engine.receive_datagram(data, addr, now)
 
     def _flush(self) -> None:
@@ -331,11 +334,17 @@ class QUICConnection:
         self._process_events()
         if self._finalized:
             return
-        self._transmit()
+        # Only when the engine's state changed since the last transmit: a flush that only
+        # reaps finished streams (_stream_progress) would just run a packet-building pass
+        # that finds nothing to send.
+        if self._transmit_due:
+            self._transmit_due = False
+            self._transmit()
         self._wake()
 
     def _schedule_flush(self) -> None:
         if not self._finalized:
+            self._transmit_due = True
             self._socket._schedule_flush(self)
 
     def _consumed(self, stream_id: int, size: int) -> None:
@@ -347,7 +356,8 @@ class QUICConnection:
 
     def _stream_progress(self, stream: QUICStream) -> None:
         self._progress.add(stream)
-        self._schedule_flush()
+        if not self._finalized:
+            self._socket._schedule_flush(self)  # to reap the stream; nothing to transmit
 
     # -- internals -------------------------------------------------------------------
 
@@ -621,6 +631,7 @@ class QUICConnection:
             # event/packet-building pass and only re-arm for the new deadline.
             self._arm_timer(now)
             return
+        self._transmit_due = True
         self._flush()
 
     def _wake(self) -> None:

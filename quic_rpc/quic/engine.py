@@ -357,7 +357,9 @@ class EngineConnection(QuicConnection):
         if count == 1:
             space.ack_at = self._first_eliciting_at + _LONE_ACK_DELAY
         else:
-            space.ack_at = min(space.ack_at, self._first_eliciting_at + self._ack_delay)
+            # a second packet: aioquic's 1 ms delay, counted from now so that a reply to
+            # this packet can still carry the ACK (never later than the lone deadline)
+            space.ack_at = min(space.ack_at, now + self._ack_delay)
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         super().send_stream_data(stream_id, data, end_stream)

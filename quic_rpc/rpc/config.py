@@ -36,8 +36,13 @@ class RPCServerConfig:
     * ``max_send_message_size`` (None = only the wire limit, 4 GiB - 1): larger responses
       end the call with RESOURCE_EXHAUSTED.
     * ``max_header_size`` (16 KiB) / ``max_metadata_entries`` (64): per header frame.
-    * ``max_concurrent_calls_per_connection`` (100): further streams on the same connection
-      are answered with RESOURCE_EXHAUSTED until a call ends.
+    * ``max_concurrent_calls_per_connection`` (256): further streams on the same connection
+      are answered with RESOURCE_EXHAUSTED until a call ends. A call gives its slot back
+      as soon as its response is complete (before its trailer is written), so a client
+      that starts a new call on reading a trailer is never refused. The default equals
+      the QUIC transport's stream limit (``QUICConfig.max_streams``, 256): keep it no
+      lower, or callers the transport admits get RESOURCE_EXHAUSTED instead of waiting
+      for a stream; raise both together.
     * ``handler_timeout`` (None): an upper bound on every call's duration; the server
       uses the tighter of it, the handler's own ``timeout`` and the client's deadline.
     * ``header_timeout`` (10 s): a stream must deliver its request header within this.

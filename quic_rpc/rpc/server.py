@@ -91,6 +91,7 @@ class RPCServer:
         self._manifest: dict[str, Handler[Any, Any]] = dict(manifest)
         self._mw = MiddlewareStack(middleware)
         self._calls: set[_ServerCall] = set()
+        self._holding: set[_ServerCall] = set()  # calls that hold a per-connection slot
         self._connections: dict[Hashable, int] = {}
         self._closing = False
         self._idle: asyncio.Event | None = None
@@ -120,21 +121,34 @@ class RPCServer:
         self._connections[key] = active + 1
         call = _ServerCall(self, stream, key)
         self._calls.add(call)
+        self._holding.add(call)
         try:
             await call.run()
         finally:
             self._release(call)
 
-    def _release(self, call: _ServerCall) -> None:
-        """The call has ended (it may still linger): free its slot. Idempotent."""
-        if call not in self._calls:
+    def _free_slot(self, call: _ServerCall) -> None:
+        """Free the call's per-connection slot. Idempotent.
+
+        Done as soon as the call's response is complete, before its trailer (or reset) is
+        handed to the stream: a client may open its next call the moment it reads the
+        trailer, possibly before the transport's ``send``/``send_eof`` returns here.
+        """
+        if call not in self._holding:
             return
-        self._calls.discard(call)
+        self._holding.discard(call)
         left = self._connections[call.connection_key] - 1
         if left:
             self._connections[call.connection_key] = left
         else:
             del self._connections[call.connection_key]
+
+    def _release(self, call: _ServerCall) -> None:
+        """The call has ended (it may still linger): forget it. Idempotent."""
+        self._free_slot(call)
+        if call not in self._calls:
+            return
+        self._calls.discard(call)
         if not self._calls and self._idle is not None:
             self._idle.set()
 
@@ -642,6 +656,9 @@ class _ServerCall:
         self._finished = True
         if self._timer is not None:
             self._timer.cancel()
+        # the response is complete: the client may start its next call once it has the
+        # trailer, which may reach it before the writes below return
+        self._server._free_slot(self)
         details = self._details
         if details is not None and self._server._mw.done:
             try:

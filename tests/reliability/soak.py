@@ -74,6 +74,7 @@ class SoakReport:
     notes_checked: int = 0
     rss_growth: int = 0
     traced_growth: int = 0
+    objects_growth: int = 0
     fds_before: int = 0
     fds_after: int = 0
     new_fds: list[str] = field(default_factory=list)
@@ -95,6 +96,7 @@ class SoakReport:
             "notes_checked": self.notes_checked,
             "rss_growth_mib": round(self.rss_growth / 2**20, 1),
             "traced_growth_mib": round(self.traced_growth / 2**20, 1),
+            "gc_objects_growth": self.objects_growth,
             "fds": [self.fds_before, self.fds_after],
             "new_fds": self.new_fds,
         }
@@ -112,6 +114,21 @@ def fd_targets() -> dict[str, str]:
         except OSError:
             pass
     return out
+
+
+def _describe_fd(target: str) -> str:
+    """``socket:[inode]`` -> which table the socket is in (tcp, udp, unix) and its line."""
+    if target.startswith("socket:["):
+        inode = target[8:-1]
+        for table in ("tcp", "tcp6", "udp", "udp6", "unix"):
+            try:
+                lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                if inode in line.split():
+                    return f"{target} {table}: {' '.join(line.split()[:4])}"
+    return target
 
 
 def _status(exc: BaseException) -> str:
@@ -159,6 +176,8 @@ class Soak:
         )  # (src, dst) -> [(seq, notification_id, data)] in send order
         self.stop_at = 0.0
         self.visited: dict[int, set[RolloutStage]] = collections.defaultdict(set)
+        qp, qo, dual = RolloutStage.QUIC_PREFERRED, RolloutStage.QUIC_ONLY, RolloutStage.DUAL
+        self.script = [(0, qp), (1, qo), (1, qp), (2, dual), (2, qp), (0, dual)]
 
     def _agent_kwargs(self) -> dict[str, Any]:
         return {"fallback": TEST_POLICY, "drain_notice": 0.0, "peer_info_ttl": 1.0}
@@ -254,10 +273,13 @@ class Soak:
                     for target in MOVES[self.agents[k].stage]
                     if self._legal(k, target)
                 ]
-                # prefer a stage this agent has not been at yet, so that every stage and
-                # every move gets its turn even in a short soak
+                # first a fixed tour (every stage and every kind of move, even in a short
+                # soak), then random moves, preferring a stage the agent has not been at
+                scripted = [m for m in self.script[:1] if m in moves]
+                if self.script:
+                    del self.script[0]
                 fresh = [m for m in moves if m[1] not in self.visited[m[0]]]
-                k, target = self.rng.choice(fresh or moves)
+                k, target = scripted[0] if scripted else self.rng.choice(fresh or moves)
                 self.visited[k].add(target)
                 self.report.stages_seen.add(target.value)
                 agent = self.agents[k]
@@ -352,6 +374,7 @@ class Soak:
                             await self._send_one(i, j, 0, kind)
             gc.collect()
             rss0 = process.memory_info().rss
+            objects0 = len(gc.get_objects())
             traced0 = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
 
             self.stop_at = time.monotonic() + self.seconds
@@ -369,6 +392,7 @@ class Soak:
             await self._check_inboxes()
             gc.collect()
             self.report.rss_growth = process.memory_info().rss - rss0
+            self.report.objects_growth = len(gc.get_objects()) - objects0
             if tracemalloc.is_tracing():
                 self.report.traced_growth = tracemalloc.get_traced_memory()[0] - traced0
         finally:
@@ -377,9 +401,17 @@ class Soak:
             await asyncio.gather(*tasks, return_exceptions=True)
             for agent in self.agents:
                 await agent.stop()
-        gc.collect()
+        # descriptors closed by background threads (grpc's poller, executor threads) may
+        # take a moment to go: wait for them, bounded, and report what is left
+        for _ in range(50):
+            gc.collect()
+            if open_fds() <= self.report.fds_before:
+                break
+            await asyncio.sleep(0.2)
         self.report.fds_after = open_fds()
-        self.report.new_fds = sorted(v for k, v in fd_targets().items() if k not in fds0)
+        self.report.new_fds = sorted(
+            _describe_fd(v) for k, v in fd_targets().items() if k not in fds0
+        )
         self.report.seconds = time.monotonic() - started
         return self.report
 

@@ -232,12 +232,15 @@ async def test_server_sigkill_and_restart_client_resumes(netlab: Lab, tmp_path: 
     await client.run("connect")
     cmd_id = await client.send("download", count=N_4MIB, pause_at=64, reconnect_deadline=60)
     await client.wait(cmd_id, "paused")
+    # paused after 1 MiB read, with a 2 MiB stream window: at least the last 1 MiB cannot
+    # have left the server yet, so the client must notice the crash and resume
     server.proc.kill()  # SIGKILL: nothing more is sent, no close, no drain
     assert await server.wait(timeout=30) == -9
     server = await _server(srv, pki, SERVER, *key)  # same address, same reset key
     await client.proc.send_json({"cmd": "continue"})
     down = await client.wait(cmd_id, "download_done")
     _check_download(down, N_4MIB)  # every chunk exactly once, in order, intact
+    print("after the crash:", {k: down[k] for k in ("chunks", "retries", "errors")})
     assert 1 <= down["retries"] <= 5, down
     assert set(down["errors"]) <= {
         "UNAVAILABLE",
