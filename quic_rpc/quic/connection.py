@@ -103,6 +103,8 @@ class QUICConnection:
         self._peer_info_cache: tuple[Any, PeerInfo] | None = None
         self._transmit_due = True
         """The engine may have something to send (set by anything that changes its state)."""
+        self._reply_queued = False
+        """The application queued data (or a reset, a ping...) since the last transmit."""
         self._on_established: Callable[[QUICConnection], None] | None = None
         self._on_finalized: Callable[[QUICConnection], None] | None = None
         self._on_handshake_failed: Callable[[QUICConnection], None] | None = None
@@ -339,12 +341,16 @@ class QUICConnection:
         # that finds nothing to send.
         if self._transmit_due:
             self._transmit_due = False
+            if self._reply_queued:
+                self._reply_queued = False
+                self._engine.ack_with_reply()
             self._transmit()
         self._wake()
 
     def _schedule_flush(self) -> None:
         if not self._finalized:
             self._transmit_due = True
+            self._reply_queued = True
             self._socket._schedule_flush(self)
 
     def _consumed(self, stream_id: int, size: int) -> None:

@@ -231,6 +231,7 @@ class EngineConnection(QuicConnection):
         self._eliciting_unacked = 0
         """Ack-eliciting 1-RTT packets received since our last 1-RTT ACK."""
         self._first_eliciting_at = 0.0
+        self._app_space: QuicPacketSpace | None = None
 
         # We only use bidirectional streams; the peer may have max_streams open at once.
         for limit, value in (
@@ -349,7 +350,7 @@ class EngineConnection(QuicConnection):
         count = self._eliciting_unacked
         if count == before:
             return
-        space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
+        space = self._app_space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
         if space is None or space.ack_at is None:
             return
         if before == 0:
@@ -361,13 +362,16 @@ class EngineConnection(QuicConnection):
             # this packet can still carry the ACK (never later than the lone deadline)
             space.ack_at = min(space.ack_at, now + self._ack_delay)
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        super().send_stream_data(stream_id, data, end_stream)
-        if self._eliciting_unacked:
-            space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
-            if space is not None and space.ack_at is not None:
-                # make the pending ACK due now, so the packet carrying this data carries it
-                space.ack_at = min(space.ack_at, self._first_eliciting_at)
+    def ack_with_reply(self) -> None:
+        """The application queued something to send: let it carry the pending ACK."""
+        space = self._app_space
+        if self._eliciting_unacked and space is not None and not self._loss.bytes_in_flight:
+            # A reply (nothing of ours in flight): make the pending ACK due now, so the
+            # packet carrying this data carries it. Senders with data in flight (streams,
+            # bulk) keep the usual schedule rather than adding an ACK to more packets.
+            ack_at = space.ack_at
+            if ack_at is not None and ack_at > self._first_eliciting_at:
+                space.ack_at = self._first_eliciting_at
 
     def _payload_received(
         self, context: QuicReceiveContext, plain: bytes, crypto_frame_required: bool = False
@@ -381,7 +385,7 @@ class EngineConnection(QuicConnection):
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, now: float
     ) -> None:
         super()._write_ack_frame(builder, space, now)
-        if space is self._spaces.get(aioquic_tls.Epoch.ONE_RTT):
+        if space is self._app_space:
             self._eliciting_unacked = 0
 
     # -- flow control driven by consumption ---------------------------------------
