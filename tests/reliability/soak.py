@@ -27,7 +27,6 @@ import collections
 import gc
 import hashlib
 import json
-import logging
 import os
 import random
 import time
@@ -156,21 +155,6 @@ def _live_grpc_objects() -> dict[str, int]:
                         if type(r2).__name__ == "traceback":
                             counts[f"  traceback <- {_holders(r2)}"] += 1
     return dict(counts)
-
-
-def _release_captured_tracebacks() -> None:
-    """pytest's log capture keeps every LogRecord of the test, ``exc_info`` included: the
-    traceback of a logged proxy failure (e.g. ``HandshakeError: cannot connect`` while a peer
-    restarts) then pins its frames, hence a stopped LegacyAgent, its grpc.aio channel and
-    server, hence grpc.aio's poller (4 fds) until the test ends. Keep the formatted text,
-    drop the traceback, so that the leak check measures the agents and not the harness."""
-    formatter = logging.Formatter()
-    for handler in logging.getLogger().handlers:
-        for record in getattr(handler, "records", ()):
-            if record.exc_info:
-                if not record.exc_text:
-                    record.exc_text = formatter.formatException(record.exc_info)
-                record.exc_info = None
 
 
 def _holders(tb: object, depth: int = 6) -> list[str]:
@@ -473,7 +457,6 @@ class Soak:
             _describe_fd(v) for k, v in fd_targets().items() if k not in fds0
         )
         self.agents = []
-        _release_captured_tracebacks()
         # descriptors closed by background threads (grpc's poller, executor threads) may
         # take a moment to go: wait for them, bounded, and report what is left
         for _ in range(50):
