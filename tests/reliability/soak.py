@@ -299,9 +299,13 @@ class Soak:
             return
         self.report.failed.append(f"{kind} {i}>{j}#{seq}")
 
+    def _traffic_over(self) -> bool:
+        """The soak's traffic window has run out (a loop bound, not a timing check)."""
+        return time.monotonic() >= self.stop_at
+
     async def _sender(self, i: int, j: int) -> None:
         seq = 0
-        while time.monotonic() < self.stop_at:
+        while not self._traffic_over():
             seq += 1
             kind = KINDS[(seq + i + j) % len(KINDS)]
             await self._deliver(i, j, seq, kind)
@@ -311,7 +315,7 @@ class Soak:
     async def _stage_changer(self) -> None:
         while True:
             await asyncio.sleep(self.rng.uniform(0.5, 2.0))
-            if time.monotonic() >= self.stop_at:
+            if self._traffic_over():
                 return
             async with self.stage_lock:
                 moves = [
