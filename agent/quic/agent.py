@@ -418,7 +418,7 @@ class Agent:
         (:class:`~agent.quic.NodeIdMismatchError` if another node answers).
         """
         manager = self.connection_manager
-        existing = manager.get_existing(node_id)
+        existing = manager.reusable(node_id)
         if existing is not None:  # its id was verified: whatever address it is on
             existing.touch()
             return existing

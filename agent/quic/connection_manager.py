@@ -7,7 +7,9 @@
 * When two nodes dial each other at once, both keep the same one of the two connections:
   the one dialled by the node with the smaller id. The other is closed by its dialler
   (after its in-flight calls, within ``close_grace``); a newer incoming connection from
-  the same node replaces an older incoming one (the peer reconnected).
+  the same node replaces an older incoming one (the peer reconnected). While our dial
+  that will win is under way, calls wait for it rather than start on the node's
+  connection, which the node refuses new streams on once it sees ours.
 * A connection with no stream open for ``idle_ttl`` seconds is closed. Each connection
   has one timer, re-armed lazily, so idle connections cost no CPU in between.
 * At most ``max_connections`` (held + being dialled). A new one evicts the least
@@ -173,6 +175,18 @@ class NodeConnectionManager:
             return None
         return conn
 
+    def reusable(self, node_id: NodeId) -> NodeConnection | None:
+        """The open connection to ``node_id`` that a new call may start on now: None if
+        there is none, or if it is the node's and our own dial, which both ends keep, is
+        under way (the node refuses new streams on its connection once it sees ours).
+        :meth:`get_connection` then waits for that dial."""
+        existing = self.get_existing(node_id)
+        if existing is None:
+            return None
+        if node_id in self._dials and self._dial_wins(existing):
+            return None
+        return existing
+
     @property
     def stopped(self) -> bool:
         return self._stopped
@@ -193,15 +207,32 @@ class NodeConnectionManager:
         """
         self._check_running()
         existing = self.get_existing(node_id)
-        if existing is not None:
-            existing.touch()
-            return existing
         dial = self._dials.get(node_id)
+        if existing is not None:
+            if dial is None or not self._dial_wins(existing):
+                existing.touch()
+                return existing
+            # The node dialled us while our own dial to it is under way, and ours is the
+            # one both ends keep: the node closes its connection (refusing new streams on
+            # it) the moment it sees ours, so a call must not start on it. Wait for ours.
+            try:
+                return await self._await_dial(dial)
+            except ConnectionManagerError:
+                raise
+            except Exception:
+                fallback = self.get_existing(node_id)
+                if fallback is None:
+                    raise
+                fallback.touch()  # our dial failed, so the node's connection stays
+                return fallback
         if dial is None:
             self._make_room(extra=1)
             dial = self._loop.create_task(self._dial(node_id, host, port, dial_timeout))
             self._dials[node_id] = dial
             dial.add_done_callback(functools.partial(self._dial_done, node_id))
+        return await self._await_dial(dial)
+
+    async def _await_dial(self, dial: asyncio.Task[NodeConnection]) -> NodeConnection:
         try:
             return await asyncio.shield(dial)
         except asyncio.CancelledError:
@@ -234,6 +265,7 @@ class NodeConnectionManager:
         raced = self.get_existing(node_id)
         if raced is not None and not self._prefer(conn, raced):
             # the node dialled us meanwhile and its connection is the one both keep
+            _log.debug("simultaneous dial: keeping %r, closing our %r", raced, conn)
             self._close_later(conn, self.config.close_grace)
             raced.touch()
             return raced
@@ -271,6 +303,7 @@ class NodeConnectionManager:
                 # the one held stays; the new one still serves its dialler's calls
                 # until the dialler closes it as the loser
                 return existing
+            _log.debug("incoming %r replaces %r", conn, existing)
             self._forget(existing.node_id, existing)
             if existing.direction == "outgoing":
                 self._close_later(existing, self.config.close_grace)
@@ -304,6 +337,12 @@ class NodeConnectionManager:
         dialler = self._node_id if new.direction == "outgoing" else new.node_id
         other = new.node_id if new.direction == "outgoing" else self._node_id
         return dialler < other
+
+    def _dial_wins(self, held: NodeConnection) -> bool:
+        """Whether a connection we are dialling now will replace ``held``."""
+        if held.direction == "outgoing" or self._node_id is None:
+            return False
+        return self._node_id < held.node_id
 
     def _check_running(self) -> None:
         if self._stopped:

@@ -170,7 +170,7 @@ class HolePuncher:
         Raises :class:`HolePunchError` when nothing worked (the result says why)."""
         agent = self._agent
         manager = agent.connection_manager
-        existing = manager.get_existing(target)
+        existing = manager.reusable(target)
         if existing is not None:
             existing.touch()
             self._record(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final, Literal
 
@@ -61,6 +62,8 @@ __all__ = [
     "PeerRejectedUsError",
     "PeerVerificationError",
 ]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 AGENT_SERVICE: Final = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"]
@@ -348,6 +351,9 @@ class NodeConnection:
         """Close the connection; calls still running after ``grace`` seconds fail with
         UNAVAILABLE. Idempotent; concurrent closers wait for the same close."""
         if self._closing is None:
+            _log.debug(
+                "closing %r (grace %.1fs, %d streams open)", self, grace, self.active_streams
+            )
             self._closing = asyncio.ensure_future(
                 self._connection.aclose(grace, reason="node connection closed")
             )

@@ -311,6 +311,54 @@ async def test_simultaneous_dials_settle_on_one_connection(
     assert await echo(held_a, "a") == "a" and await echo(held_b, "b") == "b"
 
 
+@pytest.mark.parametrize("attempt", range(4))
+async def test_calls_during_simultaneous_dials_all_succeed(
+    make_agent: AgentFactory, attempt: int
+) -> None:
+    """While both nodes dial each other, each keeps calling the other over whatever
+    connection it gets: no call may land on the connection the other end is closing
+    (it refuses new streams there, which callers would see as UNAVAILABLE)."""
+    a, b = await make_agent(), await make_agent()
+
+    async def keep_calling(src: Any, dst: Any) -> int:
+        ok = 0
+        for i in range(25):
+            conn = await src.connect(dst.node_id, dst.host, dst.port)
+            assert await echo(conn, f"{i}") == f"{i}"
+            ok += 1
+        return ok
+
+    assert await asyncio.gather(keep_calling(a, b), keep_calling(b, a)) == [25, 25]
+    assert await settle(lambda: _one_shared_connection(a, b))
+
+
+async def test_a_winning_dial_under_way_hides_the_peers_connection(
+    make_agent: AgentFactory,
+) -> None:
+    small, big = sorted([await make_agent(), await make_agent()], key=lambda x: x.node_id)
+    manager = small.connection_manager
+    async with QUICSocket("127.0.0.1", 0) as silent:  # the dial hangs: nobody answers
+        dialling = asyncio.ensure_future(
+            manager.get_connection(
+                big.node_id, "127.0.0.1", silent.local_address[1], dial_timeout=1.0
+            )
+        )
+        assert await settle(lambda: manager.dials_started == 1)
+        incoming = await big.connect(small.node_id, small.host, small.port)
+        assert await settle(lambda: manager.get_existing(big.node_id) is not None)
+        # the node's connection is held, but ours would replace it: nobody starts on it
+        assert manager.reusable(big.node_id) is None
+        waiting = asyncio.ensure_future(small.connect(big.node_id, big.host, big.port))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        # our dial times out: the node's connection is the one to use after all
+        conn = await waiting
+        with pytest.raises(ConnectionFailedError):
+            await dialling
+        assert conn.direction == "incoming" and conn.node_id == big.node_id
+        assert await echo(conn, "back") == "back" and await echo(incoming) == "x"
+
+
 async def test_stop_while_dialling_fails_the_dial_cleanly(make_agent: AgentFactory) -> None:
     a = await make_agent()
     async with QUICSocket("127.0.0.1", 0) as silent:  # nobody answers: the dial hangs
