@@ -26,6 +26,11 @@ Semantics every transport must honour (checked by the stream conformance suite):
 * ``reset``, ``stop_sending``, ``abort`` and ``aclose`` never raise once the connection
   is lost.
 
+Optional: a stream may also offer ``receive_nowait(max_bytes)``, which returns what
+``receive()`` would return at once (and raises as it would), or ``None`` if ``receive()``
+would have to wait. The RPC server uses it, where present, to serve a request that
+arrived whole without arming timers or starting a reader task.
+
 ``quic_rpc.testing.stream_conformance`` checks all of this for any transport.
 """
 

@@ -43,6 +43,7 @@ HANDLER_ERROR_CODE = 0x1
 
 _CERTIFICATE_ALERTS = frozenset(0x100 + alert for alert in (42, 43, 44, 45, 46, 48, 116))
 _CONNECTION_REFUSED = 0x2
+_EAGER_FLUSH_WRITES = 16
 _ping_ids = itertools.count(1)
 
 
@@ -105,6 +106,8 @@ class QUICConnection:
         """The engine may have something to send (set by anything that changes its state)."""
         self._reply_queued = False
         """The application queued data (or a reset, a ping...) since the last transmit."""
+        self._writes_queued = 0
+        """Stream writes since the last flush (see :meth:`_data_queued`)."""
         self._on_established: Callable[[QUICConnection], None] | None = None
         self._on_finalized: Callable[[QUICConnection], None] | None = None
         self._on_handshake_failed: Callable[[QUICConnection], None] | None = None
@@ -339,6 +342,7 @@ class QUICConnection:
         # Only when the engine's state changed since the last transmit: a flush that only
         # reaps finished streams (_stream_progress) would just run a packet-building pass
         # that finds nothing to send.
+        self._writes_queued = 0
         if self._transmit_due:
             self._transmit_due = False
             if self._reply_queued:
@@ -352,6 +356,19 @@ class QUICConnection:
             self._transmit_due = True
             self._reply_queued = True
             self._socket._schedule_flush(self)
+
+    def _data_queued(self) -> None:
+        """A stream handed data to the engine (from a task, never from event delivery).
+
+        Normally the flush waits for the end of the loop turn, so that everything written
+        in the turn leaves in one burst. When many writes pile up in one turn (many calls
+        answered at once), transmit every ``_EAGER_FLUSH_WRITES`` of them right away: the
+        peer starts on the first replies while we are still producing the rest, instead
+        of both ends working in lock-step batches."""
+        self._schedule_flush()
+        self._writes_queued += 1
+        if self._writes_queued >= _EAGER_FLUSH_WRITES:
+            self._flush()
 
     def _consumed(self, stream_id: int, size: int) -> None:
         if self._engine.data_consumed(stream_id, size):

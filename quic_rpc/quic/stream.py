@@ -85,22 +85,10 @@ class QUICStream:
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Up to ``max_bytes`` bytes; ``b""`` once the peer half-closed and all was read."""
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be at least 1")
         while True:
-            if self._lost is not None:
-                raise self._lost_copy()
-            if self._recv_stopped:
-                raise StreamClosedError("receiving was stopped on this stream")
-            if self._recv_reset_code is not None:
-                raise StreamResetError(self._recv_reset_code)
-            if self._recv_buf:
-                return self._take(max_bytes)
-            if self._recv_eof:
-                if not self._eof_delivered:
-                    self._eof_delivered = True
-                    self._conn._stream_progress(self)
-                return b""
+            data = self.receive_nowait(max_bytes)
+            if data is not None:
+                return data
             if self._recv_waiter is not None:
                 raise RuntimeError("another task is already receiving on this stream")
             waiter = self._conn._loop.create_future()
@@ -109,6 +97,29 @@ class QUICStream:
                 await waiter
             finally:
                 self._recv_waiter = None
+
+    def receive_nowait(self, max_bytes: int = 65536) -> bytes | None:
+        """What :meth:`receive` would return now, or None if it would have to wait.
+
+        Raises as :meth:`receive` does. Lets a reader that finds everything already here
+        (a whole request in the stream's first datagram) skip the waiting machinery.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if self._lost is not None:
+            raise self._lost_copy()
+        if self._recv_stopped:
+            raise StreamClosedError("receiving was stopped on this stream")
+        if self._recv_reset_code is not None:
+            raise StreamResetError(self._recv_reset_code)
+        if self._recv_buf:
+            return self._take(max_bytes)
+        if self._recv_eof:
+            if not self._eof_delivered:
+                self._eof_delivered = True
+                self._conn._stream_progress(self)
+            return b""
+        return None
 
     async def send(self, data: bytes) -> None:
         """Send ``data``; waits while the send buffer or the peer's window is full."""
@@ -127,7 +138,7 @@ class QUICStream:
             chunk = view[:room]
             engine.send_stream_data(self.stream_id, bytes(chunk))
             view = view[len(chunk) :]
-            self._conn._schedule_flush()
+            self._conn._data_queued()
 
     async def send_eof(self) -> None:
         """Half-close: the peer's ``receive()`` returns ``b""`` after the data sent so far."""

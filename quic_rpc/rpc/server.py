@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from ..streams import (
@@ -240,6 +240,7 @@ class _ServerCall:
         "_queue",
         "_raw_leftover",
         "_reader",
+        "_request_done",
         "_server",
         "_stream",
         "_task",
@@ -275,6 +276,8 @@ class _ServerCall:
         self._pending_out = b""
         self._pending_first = False
         self._finished = False
+        self._request_done = False
+        """The request direction ended (EOF read) before the handler started."""
         self._torn_write = False
         """A response write was interrupted mid-frame: only a reset can end the stream."""
 
@@ -284,20 +287,10 @@ class _ServerCall:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        header_timeout = self._server.config.header_timeout
-        htimer = (
-            self._loop.call_later(header_timeout, self._on_header_timeout)
-            if header_timeout is not None
-            else None
-        )
         try:
             self._interruptible = True
             try:
-                try:
-                    header = await self._read_header()
-                finally:
-                    if htimer is not None:
-                        htimer.cancel()
+                header = await self._read_header()
                 await self._serve(header)
             except asyncio.CancelledError:
                 if not self._end_interruptible() or task.cancelling():
@@ -388,18 +381,41 @@ class _ServerCall:
     # ------------------------------------------------------------------ reading
 
     async def _read_header(self) -> RequestHeaderReceived:
-        """Read until the request header; what came with it is queued for the handler."""
+        """Read until the request header; what came with it is queued for the handler.
+
+        The header timeout is armed only if the header is not here already; what is
+        here already after it (the rest of the request, its end) is taken at once."""
         stream = self._stream
         proto = self._proto
         chunk = self._server.config.receive_chunk_size
-        while True:
-            data = await stream.receive(chunk)
-            if not data:
-                proto.receive_eof()  # raises: no header yet
-                raise RemoteProtocolError("the stream ended before the request header")
-            events = proto.receive_data(data)
-            if events:
-                break
+        nowait: Callable[[int], bytes | None] | None = getattr(stream, "receive_nowait", None)
+        htimer: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                data = nowait(chunk) if nowait is not None else None
+                if data is None:
+                    timeout = self._server.config.header_timeout
+                    if htimer is None and timeout is not None:
+                        htimer = self._loop.call_later(timeout, self._on_header_timeout)
+                    data = await stream.receive(chunk)
+                if not data:
+                    proto.receive_eof()  # raises: no header yet
+                    raise RemoteProtocolError("the stream ended before the request header")
+                events = proto.receive_data(data)
+                if events:
+                    break
+        finally:
+            if htimer is not None:
+                htimer.cancel()
+        if nowait is not None:
+            # Take what else is here already: for a small unary or server-streaming call
+            # that is the whole request and its end, and no reader task is needed.
+            while (data := nowait(chunk)) is not None:
+                if not data:
+                    proto.receive_eof()
+                    self._request_done = True
+                    break
+                events.extend(proto.receive_data(data))
         header = events[0]
         if not isinstance(header, RequestHeaderReceived):  # the state machine forbids it
             raise RemoteProtocolError("the stream does not start with a request header")
@@ -425,6 +441,8 @@ class _ServerCall:
             backlog, self._backlog = self._backlog, []
             for item in backlog:
                 await queue.put(item)
+            if self._request_done:
+                return
             while True:
                 data = await stream.receive(chunk)
                 if not data:
@@ -509,7 +527,7 @@ class _ServerCall:
             if deadline <= now:
                 raise RPCError(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
             self._timer = loop.call_at(deadline, self._on_deadline)
-        if header.kind is not CallKind.RAW:
+        if header.kind is not CallKind.RAW and not (self._request_done and not self._backlog):
             self._reader = loop.create_task(self._read_loop())
         if server._mw.intercepting:
             assert self._details is not None

@@ -495,3 +495,40 @@ async def test_quic_client_tracks_and_closes_its_connections(
     assert client.connections == []
     assert first.is_closed and second.is_closed
     await server.stop()
+
+
+async def test_many_writes_in_one_turn_start_leaving_before_the_turn_ends(
+    make_socket, server_creds, client_creds
+) -> None:
+    """Writes pile up within one loop turn (many calls answered at once): the first of
+    them are transmitted while the rest are still being produced, not all at the end."""
+    server, conn = await _pair(make_socket, server_creds, client_creds)
+    streams = [await conn.open_stream() for _ in range(40)]
+    await asyncio.sleep(0.05)
+    before = conn.datagrams_sent
+    for stream in streams:  # send() does not yield while there is room
+        await stream.send(b"x" * 100)
+    sent_within_turn = conn.datagrams_sent - before
+    assert sent_within_turn >= 2
+    for stream in streams:
+        await stream.send_eof()
+        assert await read_all(stream) == b"x" * 100
+
+
+async def test_receive_nowait_takes_what_is_here_without_waiting(
+    make_socket, server_creds, client_creds
+) -> None:
+    server, conn = await _pair(make_socket, server_creds, client_creds)
+    stream = await conn.open_stream()
+    assert isinstance(stream, QUICStream)
+    assert stream.receive_nowait() is None  # nothing yet: receive() would wait
+    await stream.send(b"ping")
+    await stream.send_eof()
+    await wait_for_condition(lambda: stream.buffered_receive == 4)
+    assert stream.receive_nowait(2) == b"pi"
+    assert await stream.receive() == b"ng"
+    await wait_for_condition(lambda: stream.receive_nowait() is not None)
+    assert stream.receive_nowait() == b""  # the echo server half-closed after echoing
+    assert await stream.receive() == b""
+    with pytest.raises(ValueError):
+        stream.receive_nowait(0)
