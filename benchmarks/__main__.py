@@ -1,12 +1,15 @@
 """``python -m benchmarks``: every workload on every stack, side by side, in one run.
 
     python -m benchmarks [--quick] [--scale F] [--workloads a,b] [--stacks x,y]
-                         [--out benchmarks/results]
+                         [--out benchmarks/results] [--lossy-tcp-cc NAME]
 
 Stacks: grpc-direct (grpc.aio, TCP + TLS), grpc-proxy (grpc.aio through the legacy
 forward + reverse proxy pair), adapter-quic (migration.quic_grpc over QUIC), native-quic
 (quic_rpc over QUIC); on request native-quic-lo (native QUIC with 16,000-byte datagrams
-and pacing off, loopback/LAN only). Workloads: connect, unary, concurrent, stream, bulk, idle.
+and pacing off, loopback/LAN only). Workloads: connect, unary, concurrent, stream, bulk, idle
+on loopback, and lossy-unary, lossy-bulk, lossy-streams across an emulated lossy link (two
+network namespaces, 40 ms RTT, 1% loss per direction; needs root, ``ip`` and /dev/net/tun,
+otherwise reported as skipped; see benchmarks/linklab.py).
 Writes ``<out>/stacks-<quick|full>.json``, ``<out>/latest.md`` and ``<out>/latest.png``
 (the chart needs matplotlib). Figures are reported, never asserted.
 """
@@ -15,16 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shlex
+import signal
 import sys
 import time
+from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ._common import ROOT, machine_info
 from .harness import run_all
 from .report import build_report, write_outputs
 from .stacks import EXTRA_STACKS, STACKS
-from .workloads import WORKLOADS, workload_params
+from .workloads import LOSSY_LINK, WORKLOADS, workload_params
+
+T = TypeVar("T")
 
 
 def _names(
@@ -37,6 +47,20 @@ def _names(
             f"unknown or no {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})"
         )
     return names
+
+
+async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; SIGTERM cancels it like Ctrl-C does, so its cleanup runs (the lossy
+    link's namespaces, the child processes)."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat the per-call workloads, rotating the stack order; report medians "
         "(idle runs once). Useful on a busy machine.",
     )
+    parser.add_argument(
+        "--lossy-tcp-cc",
+        metavar="NAME",
+        help="TCP congestion control in the lossy link's namespaces (default: the kernel's "
+        "default; a namespace accepts only net.ipv4.tcp_allowed_congestion_control, "
+        "e.g. reno to compare with the QUIC stacks' Reno)",
+    )
     args = parser.parse_args(argv)
+    try:
+        link = replace(LOSSY_LINK, tcp_congestion_control=args.lossy_tcp_cc)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 0 < args.scale <= 100:
         parser.error("--scale must be in (0, 100]")
     if not 1 <= args.rounds <= 20:
@@ -80,15 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     for old in (args.out / "logs").glob("*.log"):
         old.unlink()
-    results = asyncio.run(
-        run_all(
-            stacks,
-            workloads,
-            {w: params[w] for w in workloads},
-            log_dir=args.out / "logs",
-            rounds=args.rounds,
+    try:
+        results = asyncio.run(
+            _cancel_on_sigterm(
+                run_all(
+                    stacks,
+                    workloads,
+                    {w: params[w] for w in workloads},
+                    log_dir=args.out / "logs",
+                    rounds=args.rounds,
+                    link=link,
+                )
+            )
         )
-    )
+    except asyncio.CancelledError:
+        print("terminated", file=sys.stderr)
+        return 143
     report = build_report(
         results,
         mode="quick" if args.quick else "full",
@@ -99,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         params={w: params[w] for w in workloads},
         started_utc=started,
         duration_s=time.monotonic() - t0,
+        link=link,
     )
     for path in write_outputs(report, args.out):
         print(f"wrote {path}")

@@ -44,9 +44,10 @@ _PACKAGES = (
 LatencySummary = dict[str, float]
 
 
-def write_certs(directory: Path) -> None:
+def write_certs(directory: Path, extra_ips: Sequence[str] = ()) -> None:
     """A P-256 CA and ``server``/``client`` leaves (SAN localhost, 127.0.0.1) as PEM files.
 
+    ``extra_ips`` are added to the leaves' SAN (the lossy link's server address).
     Files: ``ca.pem``, ``server.pem``, ``server.key``, ``client.pem``, ``client.key``.
     """
     from cryptography import x509
@@ -79,7 +80,10 @@ def write_certs(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        [
+            x509.DNSName("localhost"),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *extra_ips)),
+        ]
     )
     for role in ("server", "client"):
         key = ec.generate_private_key(ec.SECP256R1())

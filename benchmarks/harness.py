@@ -15,6 +15,14 @@ A stack that fails to start, or a workload that fails or times out, becomes an e
 row; the run goes on. The orchestrator samples the server's RSS and CPU time with psutil
 for the idle-connections workload.
 
+The ``lossy-*`` workloads run each stack's server and client in two network namespaces
+joined by :class:`~benchmarks.linklab.LossyLink` (``ip netns exec <ns> python -m
+benchmarks.harness ... --host <addr>``): one link per stack and round, built before
+and torn down after that stack's lossy workloads. Where no link can be built (not
+root, no ``ip``, no TUN) those workloads are reported as ``{"skipped": reason}``.
+Each lossy result carries the link's counters over the command (``link``: packets,
+random losses, queue drops per direction).
+
 Set ``QUICSHIFT_BENCH_PROFILE=<dir>`` to run every child under cProfile (CPU time);
 each writes ``<dir>/<role>-<stack>.pstats`` when it exits.
 """
@@ -30,15 +38,17 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import psutil  # type: ignore[import-untyped]
 
+from . import linklab
 from ._common import ROOT, write_certs
 from .stacks import EXTRA_STACKS, STACKS
-from .workloads import WORKLOADS
+from .workloads import LOSSY_LINK, LOSSY_WORKLOADS, WORKLOADS
 
 __all__ = ["run_all"]
 
@@ -73,11 +83,13 @@ def _error_text(exc: BaseException) -> str:
     return text[:500]
 
 
-async def _server_role(out: IO[str], stack: str, certs: Path, max_connections: int) -> None:
+async def _server_role(
+    out: IO[str], stack: str, certs: Path, max_connections: int, host: str
+) -> None:
     from .stacks import start_server
 
     try:
-        handle = await start_server(stack, certs, max_connections=max_connections)
+        handle = await start_server(stack, certs, max_connections=max_connections, host=host)
     except Exception as exc:
         traceback.print_exc()
         _emit(out, {"ready": False, "error": _error_text(exc)})
@@ -90,12 +102,14 @@ async def _server_role(out: IO[str], stack: str, certs: Path, max_connections: i
         await asyncio.wait_for(handle.stop(), 5)
 
 
-async def _client_role(out: IO[str], stack: str, certs: Path, port: int, info: str) -> None:
+async def _client_role(
+    out: IO[str], stack: str, certs: Path, port: int, info: str, host: str
+) -> None:
     from .stacks import BenchConnection, client_side
     from .workloads import PAYLOAD, RUNNERS, close_idle, open_idle
 
     try:
-        side = await client_side(stack, certs, port, json.loads(info))
+        side = await client_side(stack, certs, port, json.loads(info), host)
     except Exception as exc:
         traceback.print_exc()
         _emit(out, {"ready": False, "error": _error_text(exc)})
@@ -148,12 +162,15 @@ def _child_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--info", default="{}")
     parser.add_argument("--max-connections", type=int, default=1024)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="server: address to bind; client: to dial"
+    )
     args = parser.parse_args(argv)
     out = _protocol_out()
     if args.role == "server":
-        coro = _server_role(out, args.stack, args.certs, args.max_connections)
+        coro = _server_role(out, args.stack, args.certs, args.max_connections, args.host)
     else:
-        coro = _client_role(out, args.stack, args.certs, args.port, args.info)
+        coro = _client_role(out, args.stack, args.certs, args.port, args.info, args.host)
     profile_dir = os.environ.get(PROFILE_ENV)
     if not profile_dir:
         asyncio.run(coro)
@@ -191,8 +208,13 @@ class Child:
 
     @classmethod
     async def spawn(
-        cls, name: str, *args: str, limit_s: float = 60.0
+        cls, name: str, *args: str, limit_s: float = 60.0, prefix: Sequence[str] = ()
     ) -> tuple[Child, dict[str, Any]]:
+        """Start ``python -m benchmarks.harness *args`` and wait for its hello line.
+
+        ``prefix`` goes before the interpreter, e.g. ``ip netns exec <ns>`` (which execs
+        it, so the pid is still the Python process's).
+        """
         stderr: Any = asyncio.subprocess.DEVNULL
         if os.environ.get("QUICSHIFT_BENCH_VERBOSE"):
             stderr = None
@@ -200,6 +222,7 @@ class Child:
             cls.log_dir.mkdir(parents=True, exist_ok=True)
             stderr = (cls.log_dir / f"{name.replace(' ', '-')}.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             sys.executable,
             "-m",
             "benchmarks.harness",
@@ -266,19 +289,51 @@ class Child:
             await self.proc.wait()
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a stack's two processes run and how the client reaches the server."""
+
+    server_host: str = "127.0.0.1"
+    server_prefix: tuple[str, ...] = ()
+    client_prefix: tuple[str, ...] = ()
+    tag: str = ""
+    """Appended to the children's names (and so to their log files)."""
+
+    @classmethod
+    def across(cls, link: linklab.LossyLink) -> Placement:
+        """Server in the link's server namespace, client in its client namespace."""
+        return cls(
+            server_host=link.server_addr,
+            server_prefix=tuple(link.exec_prefix("server")),
+            client_prefix=tuple(link.exec_prefix("client")),
+            tag=" lossy",
+        )
+
+
+LOOPBACK = Placement()
+
+
 class StackSession:
     """The server and client processes of one stack, (re)started on demand."""
 
-    def __init__(self, stack: str, certs: Path, max_connections: int = 1024) -> None:
+    def __init__(
+        self,
+        stack: str,
+        certs: Path,
+        max_connections: int = 1024,
+        placement: Placement = LOOPBACK,
+    ) -> None:
         self.stack = stack
         self.certs = certs
         self.max_connections = max_connections
+        self.placement = placement
         self.server: Child | None = None
         self.client: Child | None = None
 
     async def start(self) -> None:
+        where = self.placement
         self.server, hello = await Child.spawn(
-            f"{self.stack} server",
+            f"{self.stack} server{where.tag}",
             "server",
             "--stack",
             self.stack,
@@ -286,10 +341,13 @@ class StackSession:
             str(self.certs),
             "--max-connections",
             str(self.max_connections),
+            "--host",
+            where.server_host,
+            prefix=where.server_prefix,
         )
         try:
             self.client, _ = await Child.spawn(
-                f"{self.stack} client",
+                f"{self.stack} client{where.tag}",
                 "client",
                 "--stack",
                 self.stack,
@@ -299,6 +357,9 @@ class StackSession:
                 str(hello["port"]),
                 "--info",
                 json.dumps(hello.get("info", {})),
+                "--host",
+                where.server_host,
+                prefix=where.client_prefix,
             )
         except BaseException:
             await self.stop()
@@ -332,14 +393,26 @@ def _timeout(workload: str, params: dict[str, Any]) -> float:
         return 90.0 + float(params["bytes"]) / 1e6  # gives up below ~8 Mbit/s
     if workload == "stream":
         return 20.0 + float(params["messages"]) / 1000  # gives up below ~1,000 msgs/s
+    if workload == "lossy-bulk":
+        return 90.0 + float(params["bytes"]) * 8 / 0.5e6  # gives up below ~0.5 Mbit/s
+    if workload == "lossy-unary":  # gives up above ~250 ms per call on average
+        return 60.0 + 0.25 * float(params["warmup"] + params["calls"])
+    if workload == "lossy-streams":  # gives up below ~20 calls/s
+        return 60.0 + float(params["callers"] * (1 + params["calls_per_caller"])) / 20
     return {"connect": 120.0, "unary": 120.0, "concurrent": 180.0}.get(workload, 120.0)
 
 
 async def _run_workloads(
-    stack: str, certs: Path, workloads: list[str], params: dict[str, Any], log: Log
+    stack: str,
+    certs: Path,
+    workloads: list[str],
+    params: dict[str, Any],
+    log: Log,
+    link: linklab.LossyLink | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    session = StackSession(stack, certs)
+    placement = LOOPBACK if link is None else Placement.across(link)
+    session = StackSession(stack, certs, placement=placement)
     start_error: str | None = None
     try:
         for workload in workloads:
@@ -354,6 +427,7 @@ async def _run_workloads(
                     start_error = f"stack failed to start: {exc}"
                     raise ChildError(start_error) from exc
                 cpu0 = _cpu_pair(server, client)
+                link0 = await _link_stats(link)
                 result = await client.request(
                     {"cmd": "run", "workload": workload, "params": params[workload]},
                     _timeout(workload, params[workload]),
@@ -361,14 +435,82 @@ async def _run_workloads(
                 result.update(
                     _cpu_cost(workload, params[workload], cpu0, _cpu_pair(server, client))
                 )
+                if link is not None:
+                    result["link"] = _link_delta(link0, await _link_stats(link))
             except ChildError as exc:
                 result = {"error": str(exc)}
                 await session.abort()  # a clean slate for the next workload
             results[workload] = result
-            log(f"  {stack:14s} {workload:11s} {_brief(result)}  ({time.monotonic() - t0:.1f}s)")
+            log(f"  {stack:14s} {workload:13s} {_brief(result)}  ({time.monotonic() - t0:.1f}s)")
     finally:
         await session.stop()
     return results
+
+
+_LOOPBACK_ONLY = {
+    "native-quic-lo": "loopback/LAN profile (16,000-byte datagrams, no pacing): "
+    "not meaningful across a 1,500-byte-MTU lossy link",
+}
+
+
+async def _run_lossy(
+    stack: str,
+    certs: Path,
+    workloads: list[str],
+    params: dict[str, Any],
+    log: Log,
+    spec: linklab.LinkSpec = LOSSY_LINK,
+) -> dict[str, Any]:
+    """The lossy workloads of one stack across a fresh :class:`LossyLink`."""
+    reason = _LOOPBACK_ONLY.get(stack)
+    if reason is None:
+        ok, why = linklab.available()
+        reason = None if ok else f"no lossy link on this machine: {why}"
+    if reason is not None:
+        for workload in workloads:
+            log(f"  {stack:14s} {workload:13s} skipped: {reason}")
+        return {w: {"skipped": reason} for w in workloads}
+    link = linklab.LossyLink(spec)
+    try:
+        try:
+            await link.start()
+        except linklab.LinkError as exc:
+            # available() said yes, so this is a failure of this run, not of the machine
+            log(f"  {stack:14s} lossy link failed: {exc}")
+            return {w: {"error": f"lossy link failed: {exc}"} for w in workloads}
+        results = await _run_workloads(stack, certs, workloads, params, log, link)
+        for result in results.values():
+            if "error" not in result:
+                result["tcp_congestion_control"] = link.tcp_congestion_control
+        return results
+    finally:
+        await link.aclose()
+
+
+async def _link_stats(link: linklab.LossyLink | None) -> dict[str, Any] | None:
+    if link is None:
+        return None
+    try:
+        return await link.stats()
+    except (linklab.LinkError, OSError, ValueError) as exc:
+        raise ChildError(f"lossy link: {exc}") from exc
+
+
+_LINK_KEYS = ("packets", "lost", "queue_drops", "forwarded")
+
+
+def _link_delta(
+    before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """What the link did during one command, per direction, with the loss in percent."""
+    if before is None or after is None:
+        return {}
+    delta: dict[str, dict[str, Any]] = {}
+    for direction in ("c2s", "s2c"):
+        row = {k: after[direction][k] - before[direction][k] for k in _LINK_KEYS}
+        row["loss_pct"] = round(100 * row["lost"] / row["packets"], 2) if row["packets"] else 0.0
+        delta[direction] = row
+    return delta
 
 
 def _cpu_seconds(proc: Any) -> float:
@@ -394,6 +536,12 @@ def _work_units(workload: str, p: dict[str, Any]) -> tuple[str, float] | None:
         return "msg", p["messages"] + min(1000, p["messages"])
     if workload == "bulk":
         return "MiB", p["bytes"] / (1 << 20) + 1
+    if workload == "lossy-unary":
+        return "call", p["warmup"] + p["calls"]
+    if workload == "lossy-streams":
+        return "call", p["callers"] * (1 + p["calls_per_caller"])
+    if workload == "lossy-bulk":
+        return "MiB", (p["bytes"] + p["warmup_bytes"]) / (1 << 20)
     return None
 
 
@@ -462,10 +610,13 @@ async def _run_idle(stack: str, certs: Path, params: dict[str, Any], log: Log) -
 
 _BRIEF_KEYS = (
     "error",
+    "skipped",
     "cold_p50_ms",
     "resumed_p50_ms",
     "p50_us",
     "p99_us",
+    "p50_ms",
+    "p99_ms",
     "calls_per_s",
     "msgs_per_s",
     "mbit_per_s",
@@ -477,7 +628,11 @@ _BRIEF_KEYS = (
 
 
 def _brief(result: dict[str, Any]) -> str:
-    return " ".join(f"{k}={result[k]}" for k in _BRIEF_KEYS if k in result)
+    text = " ".join(f"{k}={result[k]}" for k in _BRIEF_KEYS if k in result)
+    link = result.get("link")
+    if link:
+        text += f" loss c2s/s2c={link['c2s']['loss_pct']}%/{link['s2c']['loss_pct']}%"
+    return text
 
 
 async def run_all(
@@ -487,6 +642,7 @@ async def run_all(
     log: Log = print,
     log_dir: Path | None = None,
     rounds: int = 1,
+    link: linklab.LinkSpec = LOSSY_LINK,
 ) -> dict[str, dict[str, Any]]:
     """Every workload for every stack, in this run; returns ``{stack: {workload: result}}``.
 
@@ -494,7 +650,8 @@ async def run_all(
     rotating each round so that no stack always meets the same background load; each
     figure is then the median over the rounds (every round is kept under ``"rounds"``).
     The idle-connections workload runs once, in the first round. Children's stderr
-    (tracebacks of failed workloads) goes to ``log_dir/<child>.log``.
+    (tracebacks of failed workloads) goes to ``log_dir/<child>.log``. The ``lossy-*``
+    workloads run across a fresh ``link`` per stack and round.
     """
     Child.log_dir = log_dir
     unknown = (set(stacks) - set(STACKS + EXTRA_STACKS)) | (set(workloads) - set(WORKLOADS))
@@ -502,12 +659,13 @@ async def run_all(
         raise ValueError(f"unknown stacks or workloads: {sorted(unknown)}")
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
-    per_call = [w for w in workloads if w != "idle"]
+    per_call = [w for w in workloads if w != "idle" and w not in LOSSY_WORKLOADS]
+    lossy = [w for w in workloads if w in LOSSY_WORKLOADS]
     collected: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in stacks}
     idle: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="quicshift-bench-") as tmp:
         certs = Path(tmp)
-        write_certs(certs)
+        write_certs(certs, extra_ips=(linklab.SERVER_ADDR,))
         for round_index in range(rounds):
             shift = round_index % len(stacks)
             for stack in stacks[shift:] + stacks[:shift]:
@@ -516,11 +674,15 @@ async def run_all(
                     got = await _run_workloads(stack, certs, per_call, params, log)
                     for workload, result in got.items():
                         collected[stack].setdefault(workload, []).append(result)
+                if lossy:
+                    got = await _run_lossy(stack, certs, lossy, params, log, link)
+                    for workload, result in got.items():
+                        collected[stack].setdefault(workload, []).append(result)
                 if "idle" in workloads and round_index == 0:
                     idle[stack] = await _run_idle(stack, certs, params["idle"], log)
     results: dict[str, dict[str, Any]] = {}
     for stack in stacks:
-        results[stack] = {w: combine_rounds(collected[stack][w]) for w in per_call}
+        results[stack] = {w: combine_rounds(collected[stack][w]) for w in per_call + lossy}
         if stack in idle:
             results[stack]["idle"] = idle[stack]
     return results

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .workloads import METRICS, TARGETS, Metric, Target
+from .linklab import LinkSpec
+from .workloads import LOSSY_LINK, LOSSY_WORKLOADS, METRICS, TARGETS, Metric, Target
 
 __all__ = [
     "BASELINE",
@@ -44,6 +45,8 @@ def _targets(results: dict[str, Any], ratios: dict[str, dict[str, float]]) -> li
         for stack in QUIC_STACKS:
             if stack not in results or target.workload not in results[stack]:
                 continue
+            if "skipped" in results[stack][target.workload]:
+                continue
             if target.ratio:
                 value = ratios.get(stack, {}).get(f"{target.workload}.{target.key}")
             else:
@@ -72,8 +75,25 @@ def build_report(
     params: dict[str, Any],
     started_utc: str,
     duration_s: float,
+    link: LinkSpec = LOSSY_LINK,
 ) -> dict[str, Any]:
     ratios = _ratios(results)
+    lossy = any(w in params for w in LOSSY_WORKLOADS)
+    notes = [
+        "loopback; server and client in separate processes; one stack at a time",
+        "ratios are stack / grpc-direct measured in this run",
+        "with rounds > 1: medians over rounds, stack order rotated each round; idle once",
+        "latency ratios: < 1 is faster; throughput ratios: > 1 is faster",
+        "idle: server RSS delta over N connections each made by one call, then idle "
+        "with keepalive every 5 s; CPU = process CPU time over the idle window",
+    ]
+    if lossy:
+        notes.append(
+            "lossy-*: server and client in two network namespaces joined by a userspace "
+            f"TUN link emulator (benchmarks/linklab.py): {link.describe()}; the same for "
+            "TCP and UDP; the TCP congestion control used is in each result "
+            "(tcp_congestion_control)"
+        )
     return {
         "benchmark": "quicshift stacks side by side",
         "mode": mode,
@@ -85,14 +105,8 @@ def build_report(
         "machine": machine,
         "baseline": BASELINE,
         "params": params,
-        "notes": [
-            "loopback; server and client in separate processes; one stack at a time",
-            "ratios are stack / grpc-direct measured in this run",
-            "with rounds > 1: medians over rounds, stack order rotated each round; idle once",
-            "latency ratios: < 1 is faster; throughput ratios: > 1 is faster",
-            "idle: server RSS delta over N connections each made by one call, then idle "
-            "with keepalive every 5 s; CPU = process CPU time over the idle window",
-        ],
+        "lossy_link": link.as_dict() if lossy else None,
+        "notes": notes,
         "results": results,
         "ratios": ratios,
         "targets": _targets(results, ratios),
@@ -117,6 +131,8 @@ def _cell(report: dict[str, Any], stack: str, metric: Metric) -> str:
         return "n/a"
     if "error" in result:
         return "error"
+    if "skipped" in result:
+        return "skipped"
     value = _value(report["results"], stack, metric.workload, metric.key)
     if value is None:
         return "n/s" if metric.key.startswith("resumed") else "-"
@@ -161,6 +177,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         for w, r in per.items()
         if isinstance(r, dict) and "error" in r
     ]
+    skipped = [
+        (s, w, r["skipped"])
+        for s, per in report["results"].items()
+        for w, r in per.items()
+        if isinstance(r, dict) and "skipped" in r
+    ]
+    lossy = _lossy_notes(report)
+    if lossy:
+        lines += ["", "## Lossy link", "", *lossy]
     if report["targets"]:
         lines += [
             "",
@@ -180,11 +205,54 @@ def render_markdown(report: dict[str, Any]) -> str:
     if notes:
         lines += ["", "## Session resumption / 0-RTT", ""]
         lines += [f"- `{s}`: {n}" for s, n in notes]
+    if skipped:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- `{s}` {w}: {why}" for s, w, why in skipped]
     if errors:
         lines += ["", "## Errors", "", "Tracebacks: `logs/<stack>-<server|client>.log`.", ""]
         lines += [f"- `{s}` {w}: {e}" for s, w, e in errors]
     lines.append("")
     return "\n".join(lines)
+
+
+def _link_text(report: dict[str, Any]) -> str:
+    spec = report.get("lossy_link")
+    if not isinstance(spec, dict):
+        return LOSSY_LINK.describe()
+    try:
+        return LinkSpec(**spec).describe()
+    except (TypeError, ValueError):
+        return json.dumps(spec)
+
+
+def _lossy_notes(report: dict[str, Any]) -> list[str]:
+    """The link the lossy workloads ran across, and the loss each stack really saw."""
+    rows = []
+    for stack, per in report["results"].items():
+        for workload in LOSSY_WORKLOADS:
+            result = per.get(workload)
+            if not isinstance(result, dict) or not result.get("link"):
+                continue
+            c2s, s2c = result["link"]["c2s"], result["link"]["s2c"]
+            rows.append(
+                f"| `{stack}` | {workload} | {result.get('tcp_congestion_control', '-')} "
+                f"| {c2s['packets']:,} / {s2c['packets']:,} "
+                f"| {c2s['loss_pct']}% / {s2c['loss_pct']}% "
+                f"| {c2s['queue_drops']:,} / {s2c['queue_drops']:,} |"
+            )
+    if not rows:
+        return []
+    return [
+        "Client and server in two network namespaces joined by a userspace TUN link "
+        f"emulator (`benchmarks/linklab.py`): {_link_text(report)}. Packets seen by the "
+        "link during each measurement (warm-up included), client→server / server→client. "
+        "TCP CC = the TCP congestion control in the namespaces (the QUIC stacks use "
+        "their own, Reno by default).",
+        "",
+        "| stack | workload | TCP CC | packets | random loss | queue drops |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _sizes(params: dict[str, Any]) -> str:

@@ -19,13 +19,16 @@ request), ``Stream`` (server streaming: request ``>QI`` = count, size), ``Upload
 ``Bulk`` (raw: reads to EOF, writes the byte count as ``>Q``).
 
 Servers run in a child process (:func:`start_server`), clients in another
-(:func:`client_side`); :mod:`benchmarks.harness` drives both.
+(:func:`client_side`); :mod:`benchmarks.harness` drives both. Both default to 127.0.0.1;
+the lossy-link workloads pass the server's address in its network namespace instead
+(servers bind it, clients dial it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -125,7 +128,7 @@ _GRPC_CHANNEL_OPTIONS = [
 ]
 
 
-async def _serve_grpc_direct(certs: Path, max_connections: int) -> ServerHandle:
+async def _serve_grpc_direct(certs: Path, max_connections: int, host: str) -> ServerHandle:
     import grpc
 
     server = grpc.aio.server(options=_GRPC_SERVER_OPTIONS)
@@ -135,14 +138,14 @@ async def _serve_grpc_direct(certs: Path, max_connections: int) -> ServerHandle:
         root_certificates=_read(certs, "ca.pem"),
         require_client_auth=True,
     )
-    port = server.add_secure_port("127.0.0.1:0", credentials)
+    port = server.add_secure_port(f"{host}:0", credentials)
     await server.start()
     return ServerHandle(
         int(port), {"tls": "TCP + TLS 1.3 (grpc core), mutual"}, [lambda: server.stop(0)]
     )
 
 
-async def _serve_grpc_proxy(certs: Path, max_connections: int) -> ServerHandle:
+async def _serve_grpc_proxy(certs: Path, max_connections: int, host: str) -> ServerHandle:
     import grpc
 
     from agent.identity import NodeIdentity, node_verifier
@@ -154,7 +157,7 @@ async def _serve_grpc_proxy(certs: Path, max_connections: int) -> ServerHandle:
     await server.start()
     identity = NodeIdentity.generate("p256")
     credentials = TLSCredentials(identity.private_key_pem(), identity.chain_pem())
-    reverse = ReverseProxy(credentials, node_verifier(), int(backend))
+    reverse = ReverseProxy(credentials, node_verifier(), int(backend), host=host)
     await reverse.start()
 
     async def close_credentials() -> None:
@@ -167,7 +170,9 @@ async def _serve_grpc_proxy(certs: Path, max_connections: int) -> ServerHandle:
     )
 
 
-def _quic_config(max_connections: int, *, loopback: bool = False) -> Any:
+def _quic_config(max_connections: int, *, loopback: bool = False, resume: bool = False) -> Any:
+    """The QUIC settings of every QUIC stack. Servers always allow session resumption (they
+    only issue tickets to clients that ask); clients ask for it only for ``resume``."""
     from quic_rpc.quic import QUICConfig
 
     extra: dict[str, Any] = {"max_datagram_size": 16000, "pacing": False} if loopback else {}
@@ -175,16 +180,17 @@ def _quic_config(max_connections: int, *, loopback: bool = False) -> Any:
         keepalive_interval=KEEPALIVE_S,
         idle_timeout=30.0,
         max_connections=max(1024, max_connections),
+        session_resumption=resume,
         **extra,
     )
 
 
-async def _serve_adapter(certs: Path, max_connections: int) -> ServerHandle:
+async def _serve_adapter(certs: Path, max_connections: int, host: str) -> ServerHandle:
     from migration import quic_grpc
 
     server = quic_grpc.aio.server(
         options=[
-            ("quicshift.quic_config", _quic_config(max_connections)),
+            ("quicshift.quic_config", _quic_config(max_connections, resume=True)),
             ("grpc.max_receive_message_length", 8 << 20),
         ]
     )
@@ -194,7 +200,7 @@ async def _serve_adapter(certs: Path, max_connections: int) -> ServerHandle:
         root_certificates=_read(certs, "ca.pem"),
         require_client_auth=True,
     )
-    port = server.add_secure_port("127.0.0.1:0", credentials)
+    port = server.add_secure_port(f"{host}:0", credentials)
     await server.start()
     return ServerHandle(int(port), {}, [lambda: server.stop(0)])
 
@@ -210,7 +216,7 @@ def _quic_credentials(certs: Path, role: str) -> Any:
 
 
 async def _serve_native(
-    certs: Path, max_connections: int, *, loopback: bool = False
+    certs: Path, max_connections: int, host: str, *, loopback: bool = False
 ) -> ServerHandle:
     from quic_rpc.quic import QUICServer, QUICSocket
     from quic_rpc.rpc import (
@@ -247,11 +253,11 @@ async def _serve_native(
         {ECHO: unary(echo), STREAM: server_streaming(stream), BULK: raw(bulk)},
         config=RPCServerConfig(max_concurrent_calls_per_connection=256),
     )
-    sock = await QUICSocket.bind("127.0.0.1", 0)
+    sock = await QUICSocket.bind(host, 0)
     quic = QUICServer(
         sock,
         _quic_credentials(certs, "server"),
-        _quic_config(max_connections, loopback=loopback),
+        _quic_config(max_connections, loopback=loopback, resume=True),
         rpc.handle_stream,
     )
     await quic.start()
@@ -263,8 +269,8 @@ async def _serve_native(
     return ServerHandle(int(sock.local_address[1]), {"io_mode": sock.io_mode}, [stop])
 
 
-async def _serve_native_lo(certs: Path, max_connections: int) -> ServerHandle:
-    return await _serve_native(certs, max_connections, loopback=True)
+async def _serve_native_lo(certs: Path, max_connections: int, host: str) -> ServerHandle:
+    return await _serve_native(certs, max_connections, host, loopback=True)
 
 
 _SERVERS = {
@@ -276,9 +282,11 @@ _SERVERS = {
 }
 
 
-async def start_server(stack: str, certs: Path, *, max_connections: int = 1024) -> ServerHandle:
-    """Start ``stack``'s server on 127.0.0.1 (an ephemeral port) in this process."""
-    return await _SERVERS[stack](certs, max_connections)
+async def start_server(
+    stack: str, certs: Path, *, max_connections: int = 1024, host: str = "127.0.0.1"
+) -> ServerHandle:
+    """Start ``stack``'s server on ``host`` (an ephemeral port) in this process."""
+    return await _SERVERS[stack](certs, max_connections, host)
 
 
 # -- clients -----------------------------------------------------------------------------
@@ -308,10 +316,13 @@ class ClientSide(ABC):
     supports_resumption = False
     resumption_note = "no TLS session resumption / 0-RTT in this stack"
 
-    def __init__(self, certs: Path, port: int, info: dict[str, Any]) -> None:
+    def __init__(
+        self, certs: Path, port: int, info: dict[str, Any], host: str = "127.0.0.1"
+    ) -> None:
         self.certs = certs
         self.port = port
         self.info = info
+        self.host = host
 
     async def start(self) -> None:
         """Set up what every connection shares."""
@@ -381,7 +392,7 @@ class _GrpcDirectClient(ClientSide):
         if resume:
             options.append(("grpc.ssl_session_cache", self._session_cache))
         channel = self._grpc.aio.secure_channel(
-            f"127.0.0.1:{self.port}", self._credentials, options=options
+            f"{self.host}:{self.port}", self._credentials, options=options
         )
         return _GrpcConnection(channel)
 
@@ -402,7 +413,7 @@ class _GrpcProxyClient(ClientSide):
         self._node_id = NodeId.parse(self.info["node_id"])
         self._forward = ForwardProxy(self._credentials, node_verifier(), NodeId.parse)
         await self._forward.start()
-        self._forward.set_node_host(self._node_id, "127.0.0.1")
+        self._forward.set_node_host(self._node_id, self.host)
 
     async def connect(self, *, resume: bool = False) -> BenchConnection:
         from legacy_grpc import node_target
@@ -418,11 +429,18 @@ class _GrpcProxyClient(ClientSide):
         self._credentials.close()
 
 
+_QUIC_RESUMPTION_NOTE = (
+    "TLS 1.3 session resumption with single-use session tickets (1-RTT; no 0-RTT)"
+)
+
+
 class _AdapterClient(ClientSide):
-    resumption_note = "quic_rpc.quic has no session tickets / 0-RTT yet"
+    supports_resumption = True
+    resumption_note = _QUIC_RESUMPTION_NOTE + ", via the grpc.ssl_session_cache option"
 
     async def start(self) -> None:
         from migration import quic_grpc
+        from quic_rpc.quic import SessionCache
 
         self._g = quic_grpc
         self._credentials = quic_grpc.ssl_channel_credentials(
@@ -430,15 +448,17 @@ class _AdapterClient(ClientSide):
             private_key=_read(self.certs, "client.key"),
             certificate_chain=_read(self.certs, "client.pem"),
         )
+        self._session_cache = SessionCache(64)
 
     async def connect(self, *, resume: bool = False) -> BenchConnection:
+        options: list[tuple[str, Any]] = [
+            ("quicshift.quic_config", _quic_config(0)),
+            ("grpc.max_receive_message_length", 8 << 20),
+        ]
+        if resume:
+            options.append(("grpc.ssl_session_cache", self._session_cache))
         channel = self._g.aio.secure_channel(
-            f"127.0.0.1:{self.port}",
-            self._credentials,
-            options=[
-                ("quicshift.quic_config", _quic_config(0)),
-                ("grpc.max_receive_message_length", 8 << 20),
-            ],
+            f"{self.host}:{self.port}", self._credentials, options=options
         )
         return _GrpcConnection(channel)
 
@@ -483,7 +503,8 @@ class _NativeConnection(BenchConnection):
 class _NativeClient(ClientSide):
     """Connections share one UDP socket, as an agent's do."""
 
-    resumption_note = "quic_rpc.quic has no session tickets / 0-RTT yet"
+    supports_resumption = True
+    resumption_note = _QUIC_RESUMPTION_NOTE
     loopback = False
 
     async def start(self) -> None:
@@ -491,12 +512,16 @@ class _NativeClient(ClientSide):
 
         self._credentials = _quic_credentials(self.certs, "client")
         self._config = _quic_config(0, loopback=self.loopback)
-        self._socket = await QUICSocket.bind("127.0.0.1", 0)
+        self._resume_config = _quic_config(0, loopback=self.loopback, resume=True)
+        # Loopback, or (lossy link) any address of the client's own namespace.
+        local = "127.0.0.1" if ipaddress.ip_address(self.host).is_loopback else "0.0.0.0"
+        self._socket = await QUICSocket.bind(local, 0)
 
     async def connect(self, *, resume: bool = False) -> BenchConnection:
         from quic_rpc.quic import connect
 
-        conn = await connect(self._socket, "127.0.0.1", self.port, self._credentials, self._config)
+        config = self._resume_config if resume else self._config
+        conn = await connect(self._socket, self.host, self.port, self._credentials, config)
         return _NativeConnection(conn)
 
     async def aclose(self) -> None:
@@ -516,9 +541,11 @@ _CLIENTS: dict[str, type[ClientSide]] = {
 }
 
 
-async def client_side(stack: str, certs: Path, port: int, info: dict[str, Any]) -> ClientSide:
-    """The started client side of ``stack`` for a server at 127.0.0.1:``port``."""
-    side = _CLIENTS[stack](certs, port, info)
+async def client_side(
+    stack: str, certs: Path, port: int, info: dict[str, Any], host: str = "127.0.0.1"
+) -> ClientSide:
+    """The started client side of ``stack`` for a server at ``host``:``port``."""
+    side = _CLIENTS[stack](certs, port, info, host)
     await side.start()
     return side
 

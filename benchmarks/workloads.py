@@ -4,6 +4,13 @@ Each workload's client part runs in the client process against one stack's
 :class:`~benchmarks.stacks.ClientSide`. The idle-connections workload also needs the
 server process's RSS and CPU time; :mod:`benchmarks.harness` measures those around the
 client's ``idle_open`` / ``idle_close`` steps.
+
+The ``lossy-*`` workloads (:data:`LOSSY_WORKLOADS`) run with the server and the client in
+two network namespaces joined by the userspace link of :mod:`benchmarks.linklab`
+(:data:`LOSSY_LINK`: 40 ms RTT, 1 % loss per direction): sequential unary calls, one
+bulk upload, and many concurrent callers on one connection — the case where a lost
+TCP segment stalls every HTTP/2 stream behind it, and a lost QUIC packet only the
+streams whose data it carried.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._common import summarize_latencies
+from .linklab import DEFAULT_LINK, LinkSpec
 from .stacks import BenchConnection, ClientSide
 
 __all__ = [
+    "LOSSY_LINK",
+    "LOSSY_WORKLOADS",
     "METRICS",
     "TARGETS",
     "WORKLOADS",
@@ -26,7 +36,10 @@ __all__ = [
     "workload_params",
 ]
 
-WORKLOADS = ("connect", "unary", "concurrent", "stream", "bulk", "idle")
+LOSSY_WORKLOADS = ("lossy-unary", "lossy-bulk", "lossy-streams")
+WORKLOADS = ("connect", "unary", "concurrent", "stream", "bulk", "idle", *LOSSY_WORKLOADS)
+LOSSY_LINK: LinkSpec = DEFAULT_LINK
+"""The link the lossy workloads run across (the kernel's default TCP congestion control)."""
 
 _MIB = 1 << 20
 PAYLOAD = b"x" * 64
@@ -78,6 +91,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("idle", "rss_per_conn_kib", "server RSS per idle connection", "KiB", "lower"),
     Metric("idle", "server_cpu_pct", "server CPU while idle", "% of a core", "lower"),
     Metric("idle", "client_cpu_pct", "client CPU while idle", "% of a core", "lower"),
+    Metric("lossy-unary", "p50_ms", "lossy link: unary p50", "ms", "lower"),
+    Metric("lossy-unary", "p99_ms", "lossy link: unary p99", "ms", "lower"),
+    Metric("lossy-bulk", "mbit_per_s", "lossy link: bulk upload, one stream", "Mbit/s", "higher"),
+    Metric("lossy-streams", "calls_per_s", "lossy link: concurrent callers", "calls/s", "higher"),
+    Metric("lossy-streams", "p99_ms", "lossy link: concurrent callers p99", "ms", "lower"),
 )
 
 TARGETS: tuple[Target, ...] = (
@@ -88,6 +106,10 @@ TARGETS: tuple[Target, ...] = (
     Target("stream", "msgs_per_s", ">=", 1.0),
     Target("bulk", "mbit_per_s", ">=", 0.5),
     Target("idle", "rss_per_conn_kib", "<=", 64.0, ratio=False),
+    Target("lossy-unary", "p50_ms", "<=", 0.7),
+    Target("lossy-unary", "p99_ms", "<=", 0.7),
+    Target("lossy-bulk", "mbit_per_s", ">=", 1.0),
+    Target("lossy-streams", "calls_per_s", ">=", 1.0),
 )
 
 
@@ -109,6 +131,18 @@ def workload_params(quick: bool, scale: float = 1.0) -> dict[str, dict[str, Any]
             # at least one keepalive interval (5 s) even in quick mode
             "window_s": 15.0 if not quick else 5.0,
         },
+        # Across the lossy link every call costs at least one 40 ms round trip.
+        "lossy-unary": {"warmup": n(20, 5, 2), "calls": n(500, 50, 10), "size": 64},
+        "lossy-bulk": {
+            "bytes": n(16384, 1024, 64) * 1024,  # 16 MiB, 1 MiB quick
+            "warmup_bytes": n(256, 128, 16) * 1024,
+            "chunk": 64 * 1024,
+        },
+        # Small calls: 50 of them per round trip fit in a few packets, so the connection is
+        # not congestion-window bound (1 KiB calls would need ~35 packets per round trip,
+        # more than a loss-based controller keeps open at 1 % loss) and what the figure
+        # shows is how far one lost packet stalls the other calls: head-of-line blocking.
+        "lossy-streams": {"callers": 50, "calls_per_caller": n(100, 10, 2), "size": 64},
     }
 
 
@@ -137,16 +171,23 @@ def _ms(summary: dict[str, float]) -> dict[str, float]:
 
 
 async def run_connect(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) -> dict[str, Any]:
+    """Cold and (where the stack has it) resumed connects; ``*_client_cpu_ms`` is the
+    client process's CPU time per connect, first call and close included."""
+    cpu = time.process_time
     await _first_call(side, False)  # warm up lazy imports and code paths
+    cpu0 = cpu()
     cold = [await _first_call(side, False) for _ in range(p["repeats"])]
     result: dict[str, Any] = {"cold": _ms(summarize_latencies(cold))}
     result["cold_p50_ms"] = result["cold"]["p50_ms"]
+    result["cold_client_cpu_ms"] = round((cpu() - cpu0) / p["repeats"] * 1000, 3)
     result["resumption"] = side.resumption_note
     if side.supports_resumption:
         await _first_call(side, True)  # fills the session cache
+        cpu0 = cpu()
         resumed = [await _first_call(side, True) for _ in range(p["repeats"])]
         result["resumed"] = _ms(summarize_latencies(resumed))
         result["resumed_p50_ms"] = result["resumed"]["p50_ms"]
+        result["resumed_client_cpu_ms"] = round((cpu() - cpu0) / p["repeats"] * 1000, 3)
     return result
 
 
@@ -222,12 +263,85 @@ async def run_bulk(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) -
     }
 
 
+def _to_ms(summary: dict[str, float]) -> dict[str, float]:
+    """A latency summary in ms (keys ``p50_ms``, ...) instead of µs."""
+    return {
+        (k[:-3] + "_ms" if k.endswith("_us") else k): (
+            round(v / 1000, 2) if k.endswith("_us") else v
+        )
+        for k, v in summary.items()
+    }
+
+
+async def run_lossy_unary(
+    side: ClientSide, conn: BenchConnection, p: dict[str, Any]
+) -> dict[str, Any]:
+    """Sequential unary calls across the lossy link: latency p50 / p99 in ms."""
+    result = await run_unary(side, conn, p)
+    return {**_to_ms(result), "calls_per_s": result["calls_per_s"]}
+
+
+async def run_lossy_bulk(
+    side: ClientSide, conn: BenchConnection, p: dict[str, Any]
+) -> dict[str, Any]:
+    """One upload of ``bytes`` on one stream across the lossy link, in Mbit/s."""
+    chunk = b"b" * p["chunk"]
+    await conn.bulk(p["warmup_bytes"], chunk)
+    clock = time.perf_counter
+    t0 = clock()
+    got = await conn.bulk(p["bytes"], chunk)
+    elapsed = clock() - t0
+    if got != p["bytes"]:
+        raise RuntimeError(f"server counted {got} of {p['bytes']} bytes")
+    return {
+        "mbit_per_s": round(p["bytes"] * 8 / elapsed / 1e6, 2),
+        "seconds": round(elapsed, 3),
+        "mib": round(p["bytes"] / _MIB, 3),
+    }
+
+
+async def run_lossy_streams(
+    side: ClientSide, conn: BenchConnection, p: dict[str, Any]
+) -> dict[str, Any]:
+    """``callers`` concurrent unary callers on one connection across the lossy link.
+
+    Each caller makes ``calls_per_caller`` calls of ``size`` bytes one after another, so
+    about ``callers`` calls are in flight at any time: the head-of-line blocking case.
+    Reports calls/s, the time until the last caller finished, and per-call latency.
+    """
+    payload = b"x" * p["size"]
+    clock = time.perf_counter
+    samples: list[float] = []
+
+    async def caller(calls: int, record: bool) -> None:
+        for _ in range(calls):
+            t0 = clock()
+            if await conn.unary(payload) != payload:
+                raise RuntimeError("echo mismatch")
+            if record:
+                samples.append(clock() - t0)
+
+    await asyncio.gather(*(caller(1, False) for _ in range(p["callers"])))  # warm up
+    started = clock()
+    await asyncio.gather(*(caller(p["calls_per_caller"], True) for _ in range(p["callers"])))
+    total = clock() - started
+    return {
+        **_to_ms(summarize_latencies(samples)),
+        "calls_per_s": round(len(samples) / total, 1),
+        "seconds": round(total, 3),
+        "callers": p["callers"],
+    }
+
+
 RUNNERS: dict[str, Runner] = {
     "connect": run_connect,
     "unary": run_unary,
     "concurrent": run_concurrent,
     "stream": run_stream,
     "bulk": run_bulk,
+    "lossy-unary": run_lossy_unary,
+    "lossy-bulk": run_lossy_bulk,
+    "lossy-streams": run_lossy_streams,
 }
 
 

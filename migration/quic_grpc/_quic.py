@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import socket as _socket
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from quic_rpc.quic import (
     QUICConnection,
     QUICServer,
     QUICSocket,
+    SessionCache,
     TLSCredentials,
     ca_verifier,
     connect,
@@ -156,8 +159,36 @@ def server_tls(credentials: QUICServerCredentials) -> TLSCredentials:
     return TLSCredentials.load(key, chain, verify)
 
 
+_CLIENT_TLS: weakref.WeakKeyDictionary[
+    QUICChannelCredentials, dict[str | None, tuple[tuple[Any, ...], TLSCredentials]]
+] = weakref.WeakKeyDictionary()
+
+
 def client_tls(credentials: QUICChannelCredentials, server_name: str | None) -> TLSCredentials:
-    """QUIC TLS credentials for a channel from grpc-shaped channel credentials."""
+    """QUIC TLS credentials for a channel from grpc-shaped channel credentials.
+
+    Made once per credentials object and server name (channels made with the same
+    credentials share the parsed key, chain and trust roots, and the CA verifier's cache
+    of accepted chains), again if the credentials' attributes were changed since."""
+    inputs = (
+        credentials.root_certificates,
+        credentials.private_key,
+        credentials.certificate_chain,
+        credentials.verify,
+    )
+    try:
+        made = _CLIENT_TLS.setdefault(credentials, {})
+    except TypeError:  # not weakly referenceable: no reuse
+        return _client_tls(credentials, server_name)
+    entry = made.get(server_name)
+    if entry is not None and all(a is b for a, b in zip(entry[0], inputs, strict=True)):
+        return entry[1]
+    tls = _client_tls(credentials, server_name)
+    made[server_name] = (inputs, tls)
+    return tls
+
+
+def _client_tls(credentials: QUICChannelCredentials, server_name: str | None) -> TLSCredentials:
     if credentials.private_key is not None and credentials.certificate_chain is not None:
         key, chain = credentials.private_key, credentials.certificate_chain
     else:
@@ -294,12 +325,14 @@ class QUICConnector:
         tls: TLSCredentials,
         config: QUICConfig,
         server_name: str | None,
+        session_cache: SessionCache | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._tls = tls
         self._config = config
         self._server_name = server_name
+        self._session_cache = session_cache
         self._socket: QUICSocket | None = None
         self._connections: set[QUICConnection] = set()
         self._lock = asyncio.Lock()
@@ -310,7 +343,13 @@ class QUICConnector:
                 self._socket = await QUICSocket.bind(_source_host(self._host), 0)
             socket = self._socket
         conn = await connect(
-            socket, self._host, self._port, self._tls, self._config, self._server_name
+            socket,
+            self._host,
+            self._port,
+            self._tls,
+            self._config,
+            self._server_name,
+            session_cache=self._session_cache,
         )
         self._connections.add(conn)
         return conn
@@ -342,7 +381,14 @@ def _channel_transport(
     opts = dict(options or ())
     server_name = opts.get("grpc.ssl_target_name_override") or host
     tls = client_tls(credentials, server_name)
-    connector = QUICConnector(_native_host(host), port, tls, _quic_config(options), server_name)
+    config = _quic_config(options)
+    # As grpc's option: a session cache shared by channels enables TLS session resumption.
+    session_cache = opts.get("grpc.ssl_session_cache")
+    if isinstance(session_cache, SessionCache):
+        config = dataclasses.replace(config, session_resumption=True)
+    else:
+        session_cache = None
+    connector = QUICConnector(_native_host(host), port, tls, config, server_name, session_cache)
     max_receive = _limit(opts.get("grpc.max_receive_message_length", DEFAULT_MAX_RECEIVE))
     return StreamClientTransport(connector, max_receive=max_receive)
 

@@ -394,7 +394,11 @@ class _StreamClientCall:
                     self._stream.reset(ResetCode.NO_ERROR)
                 else:
                     self._protocol.send_eof()
-                    await self._stream.send_eof()
+                    deferred = getattr(self._stream, "send_eof_deferred", None)
+                    if deferred is not None:
+                        deferred()  # rides on the next call's packet (or the ACK)
+                    else:
+                        await self._stream.send_eof()
             except (StreamError, ProtocolError):
                 pass
         try:

@@ -31,7 +31,7 @@ from .errors import (
 from .server import HandshakeFailure, QUICServer
 from .socket import QUICSocket, gso_supported
 from .stream import QUICStream
-from .tls import TLSCredentials, VerifyCallback, ca_verifier
+from .tls import ServerSessionStore, SessionCache, TLSCredentials, VerifyCallback, ca_verifier
 
 __all__ = [
     "DEFAULT_ALPN",
@@ -53,6 +53,8 @@ __all__ = [
     "QUICServer",
     "QUICSocket",
     "QUICStream",
+    "ServerSessionStore",
+    "SessionCache",
     "SocketClosedError",
     "TLSCredentials",
     "VerificationError",

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 
 from ..streams import StreamHandler
 from .config import QUICConfig
 from .connection import QUICConnection
-from .engine import EngineConnection
+from .engine import ClientResumption, EngineConnection
 from .errors import HandshakeError
 from .socket import QUICSocket
-from .tls import TLSCredentials
+from .tls import SessionCache, TLSCredentials
 
 __all__ = ["QUICClient", "connect"]
 
@@ -25,6 +26,7 @@ async def connect(
     server_name: str | None = None,
     *,
     stream_handler: StreamHandler | None = None,
+    session_cache: SessionCache | None = None,
 ) -> QUICConnection:
     """Dial ``host``:``port`` from ``socket`` and return the established connection.
 
@@ -33,6 +35,13 @@ async def connect(
     ``server_name`` is sent as SNI (defaults to ``host`` when it is a name).
     ``stream_handler``, if given, serves streams the server opens on this connection;
     otherwise they are refused.
+
+    With ``config.session_resumption`` on, a ticket from an earlier connection to the
+    same address (in ``session_cache``, default ``credentials.sessions``) is offered if
+    ``credentials.verify`` accepts, now, the server chain that session was established
+    with; the connection then reports that chain and the identity the callback just
+    returned, as after a full handshake. If the server does not resume it, the handshake
+    is a full one. Never 0-RTT.
 
     Raises :class:`~quic_rpc.quic.CertificateRejectedByPeerError` when the server rejected
     our certificate, :class:`~quic_rpc.quic.PeerCertificateRejectedError` when we
@@ -47,12 +56,32 @@ async def connect(
             ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             server_name = host
+    resumption: ClientResumption | None = None
+    if config.session_resumption:
+        cache = session_cache if session_cache is not None else credentials.sessions
+        key = SessionCache._key(addr, server_name, config.alpn, credentials.chain_der)
+        offer = cache._take(key)
+        identity = None
+        if offer is not None:
+            try:
+                identity = credentials.verify(offer.peer_chain)
+                if inspect.isawaitable(identity):
+                    close = getattr(identity, "close", None)
+                    if close is not None:
+                        close()
+                    offer = None
+            except Exception:
+                offer = None  # the chain is not acceptable now: a full handshake
+        resumption = ClientResumption(
+            cache, key, config.session_ticket_lifetime, offer=offer, identity=identity
+        )
     engine = EngineConnection(
         config=config,
         credentials=credentials,
         is_client=True,
         reset_key=socket._reset_key,
         server_name=server_name,
+        resumption=resumption,
     )
     conn = QUICConnection(socket, engine, config, stream_handler=stream_handler)
     socket._add_connection(conn, [engine.host_cid])
@@ -81,8 +110,10 @@ class QUICClient:
         config: QUICConfig | None = None,
         *,
         stream_handler: StreamHandler | None = None,
+        session_cache: SessionCache | None = None,
     ) -> None:
         self._socket = socket
+        self._session_cache = session_cache
         self._credentials = credentials
         self._config = config if config is not None else QUICConfig()
         self._stream_handler = stream_handler
@@ -102,6 +133,7 @@ class QUICClient:
             self._config,
             server_name,
             stream_handler=self._stream_handler,
+            session_cache=self._session_cache,
         )
         self._connections.add(conn)
         conn._on_finalized = self._connections.discard

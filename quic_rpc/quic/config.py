@@ -51,6 +51,19 @@ class QUICConfig:
     * ``pacing`` — pace sends by the congestion controller's rate. Turning it off
       only makes sense on loopback or a private LAN.
     * ``gso`` — use Linux UDP segmentation offload when the kernel supports it.
+    * ``session_resumption`` — TLS 1.3 session resumption, off by default. A server
+      issues one single-use ticket per connection to clients that ask; a client asks,
+      keeps tickets (see :class:`~quic_rpc.quic.SessionCache`) and offers one when it
+      reconnects to the same address. A resumed handshake skips certificates and
+      signatures but not the verify callbacks: each side runs its callback again over
+      the peer chain the session was established with, so peers see the same identity
+      and chain as after a full handshake. Resumption is 1-RTT only: 0-RTT application
+      data is never sent or accepted (it could be replayed). Servers and clients both
+      need it on to resume.
+    * ``session_ticket_lifetime`` — a session (and every ticket from its resumptions)
+      expires this long after the full handshake that authenticated the peer.
+    * ``session_store_size`` — a server keeps at most this many unused tickets (the
+      oldest are dropped; their clients then do a full handshake).
     """
 
     alpn: str = DEFAULT_ALPN
@@ -70,11 +83,20 @@ class QUICConfig:
     initial_rtt: float = 0.1
     pacing: bool = True
     gso: bool = True
+    session_resumption: bool = False
+    session_ticket_lifetime: float = 3600.0
+    session_store_size: int = 4096
 
     def __post_init__(self) -> None:
         if not isinstance(self.alpn, str) or not self.alpn or len(self.alpn.encode()) > 255:
             raise ConfigError("alpn must be a non-empty string of at most 255 bytes")
-        for name in ("idle_timeout", "handshake_timeout", "graceful_stop_timeout", "initial_rtt"):
+        for name in (
+            "idle_timeout",
+            "handshake_timeout",
+            "graceful_stop_timeout",
+            "initial_rtt",
+            "session_ticket_lifetime",
+        ):
             _positive_time(name, getattr(self, name))
         if self.keepalive_interval is not None:
             _positive_time("keepalive_interval", self.keepalive_interval)
@@ -85,6 +107,7 @@ class QUICConfig:
                 )
         _int_range("max_connections", self.max_connections, 1, 1 << 20)
         _int_range("max_streams", self.max_streams, 1, 1 << 20)
+        _int_range("session_store_size", self.session_store_size, 1, 1 << 24)
         _int_range("stream_window", self.stream_window, 16 * _KIB, 1 << 30)
         _int_range("connection_window", self.connection_window, self.stream_window, 1 << 32)
         _int_range("stream_send_buffer", self.stream_send_buffer, 1 * _KIB, 1 << 30)
@@ -93,7 +116,7 @@ class QUICConfig:
         )
         if self.congestion_control not in ("reno", "cubic"):
             raise ConfigError("congestion_control must be 'reno' or 'cubic'")
-        for name in ("retry", "datagrams", "pacing", "gso"):
+        for name in ("retry", "datagrams", "pacing", "gso", "session_resumption"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool")
 

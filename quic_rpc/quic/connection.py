@@ -44,6 +44,9 @@ HANDLER_ERROR_CODE = 0x1
 _CERTIFICATE_ALERTS = frozenset(0x100 + alert for alert in (42, 43, 44, 45, 46, 48, 116))
 _CONNECTION_REFUSED = 0x2
 _EAGER_FLUSH_WRITES = 16
+_DEFERRED_EOF_DELAY = 0.005
+"""The longest a deferred end of stream waits for a packet to ride on (the engine's
+delay for the ACK of a lone packet, which it would otherwise leave in)."""
 _ping_ids = itertools.count(1)
 
 
@@ -108,6 +111,9 @@ class QUICConnection:
         """The application queued data (or a reset, a ping...) since the last transmit."""
         self._writes_queued = 0
         """Stream writes since the last flush (see :meth:`_data_queued`)."""
+        self._deferred_eofs: list[QUICStream] = []
+        """Streams whose end of stream waits for the next packet sent anyway."""
+        self._deferred_timer: asyncio.TimerHandle | None = None
         self._on_established: Callable[[QUICConnection], None] | None = None
         self._on_finalized: Callable[[QUICConnection], None] | None = None
         self._on_handshake_failed: Callable[[QUICConnection], None] | None = None
@@ -339,6 +345,8 @@ class QUICConnection:
         self._process_events()
         if self._finalized:
             return
+        if self._deferred_eofs and self._reply_queued:
+            self._release_deferred_eofs()  # something goes out anyway: they ride along
         # Only when the engine's state changed since the last transmit: a flush that only
         # reaps finished streams (_stream_progress) would just run a packet-building pass
         # that finds nothing to send.
@@ -369,6 +377,26 @@ class QUICConnection:
         self._writes_queued += 1
         if self._writes_queued >= _EAGER_FLUSH_WRITES:
             self._flush()
+
+    def _defer_eof(self, stream: QUICStream) -> None:
+        """Queue ``stream``'s end of stream for the next transmission that carries
+        application data (or, at the latest, ``_DEFERRED_EOF_DELAY`` from now)."""
+        self._deferred_eofs.append(stream)
+        if self._deferred_timer is None and not self._finalized:
+            self._deferred_timer = self._loop.call_later(
+                _DEFERRED_EOF_DELAY, self._deferred_eof_due
+            )
+
+    def _deferred_eof_due(self) -> None:
+        self._deferred_timer = None
+        if self._deferred_eofs and not self._finalized:
+            self._release_deferred_eofs()
+            self._schedule_flush()
+
+    def _release_deferred_eofs(self) -> None:
+        streams, self._deferred_eofs = self._deferred_eofs, []
+        for stream in streams:
+            stream._release_deferred_eof()
 
     def _consumed(self, stream_id: int, size: int) -> None:
         if self._engine.data_consumed(stream_id, size):
@@ -589,6 +617,10 @@ class QUICConnection:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._deferred_timer is not None:
+            self._deferred_timer.cancel()
+            self._deferred_timer = None
+        self._deferred_eofs.clear()
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None

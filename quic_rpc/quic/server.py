@@ -17,7 +17,7 @@ from .connection import QUICConnection, display_host
 from .engine import CONNECTION_ID_LENGTH, EngineConnection, PacketHeader, RetryTokens
 from .errors import HandshakeError, SocketClosedError
 from .socket import QUICSocket
-from .tls import TLSCredentials
+from .tls import ServerSessionStore, TLSCredentials
 
 __all__ = ["HandshakeFailure", "QUICServer"]
 
@@ -64,6 +64,11 @@ class QUICServer:
         self._on_connection = on_connection
         self._on_handshake_failure = on_handshake_failure
         self._retry = RetryTokens() if self._config.retry else None
+        self._sessions = (
+            ServerSessionStore(self._config.session_store_size)
+            if self._config.session_resumption
+            else None
+        )
         self._all: set[QUICConnection] = set()
         self._established: dict[QUICConnection, None] = {}
         self._failures: deque[HandshakeFailure] = deque(maxlen=_FAILURES_KEPT)
@@ -87,6 +92,12 @@ class QUICServer:
     def connections(self) -> list[QUICConnection]:
         """Established connections (handshake done, client certificate accepted)."""
         return list(self._established)
+
+    @property
+    def session_store(self) -> ServerSessionStore | None:
+        """The sessions behind the tickets we issued (``None`` without
+        ``QUICConfig.session_resumption``)."""
+        return self._sessions
 
     @property
     def handshake_failures(self) -> list[HandshakeFailure]:
@@ -173,6 +184,7 @@ class QUICServer:
             reset_key=self._socket._reset_key,
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,
+            session_store=self._sessions,
         )
         conn = QUICConnection(
             self._socket, engine, self._config, stream_handler=self._stream_handler

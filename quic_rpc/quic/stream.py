@@ -33,6 +33,7 @@ class QUICStream:
 
     __slots__ = (
         "_conn",
+        "_eof_deferred",
         "_eof_delivered",
         "_eof_sent",
         "_lost",
@@ -59,6 +60,7 @@ class QUICStream:
         self._recv_stopped = False
         self._recv_waiter: asyncio.Future[None] | None = None
         self._eof_sent = False
+        self._eof_deferred = False
         self._reset_sent = False
         self._stop_code: int | None = None
         self._send_waiter: asyncio.Future[None] | None = None
@@ -142,18 +144,48 @@ class QUICStream:
 
     async def send_eof(self) -> None:
         """Half-close: the peer's ``receive()`` returns ``b""`` after the data sent so far."""
+        if self._queue_eof():
+            self._conn._schedule_flush()
+            self._conn._stream_progress(self)
+
+    def send_eof_deferred(self) -> None:
+        """Half-close without a packet of its own: the end of stream leaves with the
+        next packet that carries application data (the next call), or a few
+        milliseconds later at most. For a finished call's request side, which nobody
+        waits on: sending it at once costs a datagram per call. Raises as
+        :meth:`send_eof`; sending afterwards is refused as after :meth:`send_eof`."""
+        self._check_eof()
+        if self._eof_sent:
+            return
+        self._eof_sent = True
+        self._eof_deferred = True
+        self._conn._defer_eof(self)
+
+    def _release_deferred_eof(self) -> None:
+        """Hand the deferred end of stream to the engine (the connection flushes)."""
+        if not self._eof_deferred:
+            return
+        self._eof_deferred = False
+        if self._lost is not None or self._reset_sent or self._stop_code is not None:
+            return
+        self._conn._engine.send_stream_data(self.stream_id, b"", end_stream=True)
+        self._conn._stream_progress(self)
+
+    def _check_eof(self) -> None:
         if self._lost is not None:
             raise self._lost_copy()
         if self._stop_code is not None:
             raise StreamStoppedError(self._stop_code)
         if self._reset_sent:
             raise StreamClosedError("the stream was reset")
+
+    def _queue_eof(self) -> bool:
+        self._check_eof()
         if self._eof_sent:
-            return
+            return False
         self._eof_sent = True
         self._conn._engine.send_stream_data(self.stream_id, b"", end_stream=True)
-        self._conn._schedule_flush()
-        self._conn._stream_progress(self)
+        return True
 
     def reset(self, code: int) -> None:
         """Abandon our sending side with application error ``code`` (RESET_STREAM)."""

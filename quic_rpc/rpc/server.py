@@ -229,6 +229,7 @@ class _ServerCall:
         "_cause",
         "_ctx",
         "_details",
+        "_early_error",
         "_finished",
         "_handler",
         "_interrupt_requested",
@@ -277,6 +278,7 @@ class _ServerCall:
         self._pending_first = False
         self._finished = False
         self._request_done = False
+        self._early_error: Exception | None = None
         """The request direction ended (EOF read) before the handler started."""
         self._torn_write = False
         """A response write was interrupted mid-frame: only a reset can end the stream."""
@@ -412,8 +414,14 @@ class _ServerCall:
             # that is the whole request and its end, and no reader task is needed.
             while (data := nowait(chunk)) is not None:
                 if not data:
-                    proto.receive_eof()
-                    self._request_done = True
+                    try:
+                        proto.receive_eof()
+                    except Exception as exc:
+                        # e.g. a stream that ended mid-request: the handler starts and
+                        # then sees this error, as when the reader task meets it
+                        self._early_error = exc
+                    else:
+                        self._request_done = True
                     break
                 events.extend(proto.receive_data(data))
         header = events[0]
@@ -441,6 +449,9 @@ class _ServerCall:
             backlog, self._backlog = self._backlog, []
             for item in backlog:
                 await queue.put(item)
+            if self._early_error is not None:
+                self.fail(self._early_error)
+                return
             if self._request_done:
                 return
             while True:

@@ -47,6 +47,8 @@ def test_public_api_is_pinned() -> None:
             "QUICServer",
             "QUICSocket",
             "QUICStream",
+            "ServerSessionStore",
+            "SessionCache",
             "SocketClosedError",
             "TLSCredentials",
             "VerificationError",

@@ -502,7 +502,7 @@ async def test_many_writes_in_one_turn_start_leaving_before_the_turn_ends(
 ) -> None:
     """Writes pile up within one loop turn (many calls answered at once): the first of
     them are transmitted while the rest are still being produced, not all at the end."""
-    server, conn = await _pair(make_socket, server_creds, client_creds)
+    _server, conn = await _pair(make_socket, server_creds, client_creds)
     streams = [await conn.open_stream() for _ in range(40)]
     await asyncio.sleep(0.05)
     before = conn.datagrams_sent
@@ -518,7 +518,7 @@ async def test_many_writes_in_one_turn_start_leaving_before_the_turn_ends(
 async def test_receive_nowait_takes_what_is_here_without_waiting(
     make_socket, server_creds, client_creds
 ) -> None:
-    server, conn = await _pair(make_socket, server_creds, client_creds)
+    _server, conn = await _pair(make_socket, server_creds, client_creds)
     stream = await conn.open_stream()
     assert isinstance(stream, QUICStream)
     assert stream.receive_nowait() is None  # nothing yet: receive() would wait
@@ -532,3 +532,34 @@ async def test_receive_nowait_takes_what_is_here_without_waiting(
     assert await stream.receive() == b""
     with pytest.raises(ValueError):
         stream.receive_nowait(0)
+
+
+async def test_deferred_eof_rides_on_the_next_packet_or_leaves_soon_after(
+    make_socket, server_creds, client_creds
+) -> None:
+    _server, conn = await _pair(make_socket, server_creds, client_creds)
+    first = await conn.open_stream()
+    await first.send(b"one")
+    assert await first.receive() == b"one"
+    await asyncio.sleep(0.05)  # every ACK is out: the connection is quiet
+    before = conn.datagrams_sent
+    assert isinstance(first, QUICStream)
+    first.send_eof_deferred()
+    with pytest.raises(StreamClosedError):
+        await first.send(b"more")  # half-closed as after send_eof()
+    second = await conn.open_stream()
+    await second.send(b"two")  # in the same loop turn: one packet carries both
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert conn.datagrams_sent - before == 1
+    assert await read_all(first) == b""  # the echo server saw the end and ended too
+    assert await second.receive() == b"two"
+    # alone, the end of stream still leaves within a few milliseconds
+    await second.send_eof()
+    assert await read_all(second) == b""
+    third = await conn.open_stream()
+    await third.send(b"three")
+    assert await third.receive() == b"three"
+    assert isinstance(third, QUICStream)
+    third.send_eof_deferred()
+    assert await asyncio.wait_for(read_all(third), 5) == b""
