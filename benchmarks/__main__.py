@@ -5,8 +5,8 @@
 
 Stacks: grpc-direct (grpc.aio, TCP + TLS), grpc-proxy (grpc.aio through the legacy
 forward + reverse proxy pair), adapter-quic (migration.quic_grpc over QUIC), native-quic
-(quic_rpc over QUIC); on request native-quic-lo (native QUIC with 16,000-byte datagrams
-and pacing off, loopback/LAN only). Workloads: connect, unary, concurrent, stream, bulk, idle
+(quic_rpc over QUIC); on request native-quic-1452 (native QUIC with its loopback profile off:
+1,452-byte datagrams and pacing, as across any real network). Workloads: connect, unary, concurrent, stream, bulk, idle
 on loopback, and lossy-unary, lossy-bulk, lossy-streams across an emulated lossy link (two
 network namespaces, 40 ms RTT, 1% loss per direction; needs root, ``ip`` and /dev/net/tun,
 otherwise reported as skipped; see benchmarks/linklab.py).

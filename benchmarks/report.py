@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 BASELINE = "grpc-direct"
-QUIC_STACKS = ("adapter-quic", "native-quic", "native-quic-lo")
+QUIC_STACKS = ("adapter-quic", "native-quic", "native-quic-1452")
 
 
 def _value(results: dict[str, Any], stack: str, workload: str, key: str) -> float | None:

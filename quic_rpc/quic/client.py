@@ -7,7 +7,7 @@ import inspect
 import ipaddress
 
 from ..streams import StreamHandler
-from .config import QUICConfig
+from .config import QUICConfig, config_for_peer
 from .connection import QUICConnection
 from .engine import ClientResumption, EngineConnection
 from .errors import HandshakeError
@@ -75,6 +75,7 @@ async def connect(
         resumption = ClientResumption(
             cache, key, config.session_ticket_lifetime, offer=offer, identity=identity
         )
+    config = config_for_peer(config, addr[0])
     engine = EngineConnection(
         config=config,
         credentials=credentials,

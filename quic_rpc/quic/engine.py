@@ -85,6 +85,8 @@ for a reply to carry it. aioquic acks after 1 ms, so any reply slower than that 
 a separate ACK-only datagram each way. Well under the 25 ms max_ack_delay we advertise,
 so the peer's loss detection already allows for it; as soon as a second ack-eliciting
 packet is pending, aioquic's 1 ms schedule applies again (bulk transfers are unchanged)."""
+_POST_HANDSHAKE_CRYPTO_BUFFER = 4096
+_SHARED_EPOCH_SETS: dict[frozenset[Any], frozenset[Any]] = {}
 _APPLICATION_EPOCHS = (aioquic_tls.Epoch.ONE_RTT, aioquic_tls.Epoch.ZERO_RTT)
 _CLIENT_KEY_SHARES = (aioquic_tls.Group.X25519, aioquic_tls.Group.SECP256R1)
 """The groups a client sends key shares for, in order of preference. aioquic's client
@@ -312,6 +314,7 @@ class EngineConnection(QuicConnection):
         """Ack-eliciting 1-RTT packets received since our last 1-RTT ACK."""
         self._first_eliciting_at = 0.0
         self._app_space: QuicPacketSpace | None = None
+        self._share_frame_epochs()
 
         # We only use bidirectional streams; the peer may have max_streams open at once.
         for limit, value in (
@@ -740,6 +743,25 @@ class EngineConnection(QuicConnection):
                 continue  # only epochs aioquic itself has discarded
             buffers.pop(epoch, None)
             streams.pop(epoch, None)
+        # After the handshake TLS writes at most a NewSessionTicket (a few hundred
+        # bytes) to the 1-RTT buffer; QUIC has no TLS KeyUpdate. 16 KiB -> 4 KiB.
+        one_rtt = buffers.get(aioquic_tls.Epoch.ONE_RTT)
+        if one_rtt is not None and one_rtt.capacity > _POST_HANDSHAKE_CRYPTO_BUFFER:
+            if one_rtt.tell() == 0:
+                buffers[aioquic_tls.Epoch.ONE_RTT] = Buffer(capacity=_POST_HANDSHAKE_CRYPTO_BUFFER)
+
+    def _share_frame_epochs(self) -> None:
+        """aioquic builds a table of frame handlers per connection, each with a new
+        frozenset of the epochs it is allowed in: about 7 KiB of identical sets per
+        connection. Point every entry at one shared set of each value instead."""
+        handlers = getattr(self, "_QuicConnection__frame_handlers", None)
+        if not isinstance(handlers, dict):
+            return
+        for key, entry in handlers.items():
+            if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], frozenset):
+                shared = _SHARED_EPOCH_SETS.setdefault(entry[1], entry[1])
+                if shared is not entry[1]:
+                    handlers[key] = (entry[0], shared)
 
     def _close_begin(self, is_initiator: bool, now: float) -> None:
         if self._state not in END_STATES and not self._close_pending:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..streams import StreamHandler
-from .config import QUICConfig
+from .config import QUICConfig, config_for_peer
 from .connection import QUICConnection, display_host
 from .engine import CONNECTION_ID_LENGTH, EngineConnection, PacketHeader, RetryTokens
 from .errors import HandshakeError, SocketClosedError
@@ -177,8 +177,9 @@ class QUICServer:
                 return None
             original_dcid = validated
             retry_scid = header.destination_cid
+        config = config_for_peer(self._config, peer[0])
         engine = EngineConnection(
-            config=self._config,
+            config=config,
             credentials=self._credentials,
             is_client=False,
             reset_key=self._socket._reset_key,
@@ -186,9 +187,7 @@ class QUICServer:
             retry_source_connection_id=retry_scid,
             session_store=self._sessions,
         )
-        conn = QUICConnection(
-            self._socket, engine, self._config, stream_handler=self._stream_handler
-        )
+        conn = QUICConnection(self._socket, engine, config, stream_handler=self._stream_handler)
         conn._datagram_received(data, peer, now)
         if not engine.packet_received:
             # Nothing in it could be decrypted: garbage or spoofed. Keep no state, or a
@@ -205,8 +204,9 @@ class QUICServer:
 
     def _refuse(self, header: PacketHeader, data: bytes, peer: tuple[str, int], now: float) -> None:
         """Answer with CONNECTION_REFUSED so the client fails fast instead of timing out."""
+        config = config_for_peer(self._config, peer[0])
         engine = EngineConnection(
-            config=self._config,
+            config=config,
             credentials=self._credentials,
             is_client=False,
             reset_key=self._socket._reset_key,

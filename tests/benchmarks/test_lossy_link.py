@@ -109,7 +109,7 @@ async def test_lossy_workloads_are_skipped_with_the_reason_without_a_link(
     monkeypatch.setattr(linklab, "available", lambda: (False, "needs root (test)"))
     params = workload_params(True, 0.05)
     results = await harness.run_all(
-        ["grpc-direct", "native-quic-lo"],
+        ["grpc-direct", "native-quic-1452"],
         list(LOSSY_WORKLOADS),
         {w: params[w] for w in LOSSY_WORKLOADS},
         log=lambda line: None,
@@ -118,7 +118,7 @@ async def test_lossy_workloads_are_skipped_with_the_reason_without_a_link(
         assert results["grpc-direct"][workload] == {
             "skipped": "no lossy link on this machine: needs root (test)"
         }
-        assert "loopback" in results["native-quic-lo"][workload]["skipped"]
+        assert "loopback only" in results["native-quic-1452"][workload]["skipped"]
     report = build_report(
         results,
         mode="quick",

@@ -175,3 +175,32 @@ def test_ca_verifier_unit(pki: PKI) -> None:
     assert host_check(der) is not None
     with pytest.raises(VerificationError):
         ca_verifier(pki.root_pem, server_name="10.9.9.9")(der)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("192.0.2.7", False),
+        ("2001:db8::1", False),
+        ("::ffff:198.51.100.3", False),
+        ("localhost", False),  # names are resolved before a connection is made
+    ],
+)
+def test_loopback_profile_applies_to_loopback_peers_only(host: str, loopback: bool) -> None:
+    from quic_rpc.quic.config import config_for_peer
+
+    config = QUICConfig()
+    chosen = config_for_peer(config, host)
+    if loopback:
+        assert (chosen.max_datagram_size, chosen.pacing) == (16000, False)
+        assert config_for_peer(config, host) is chosen  # one shared object per config
+    else:
+        assert chosen is config
+    off = QUICConfig(loopback_datagram_size=None)
+    assert config_for_peer(off, host) is off
+    with pytest.raises(ConfigError):
+        QUICConfig(loopback_datagram_size=20000)
