@@ -81,6 +81,7 @@ __all__ = [
     "LossyLink",
     "available",
     "check_test_net",
+    "in_test_net",
     "sweep_stale",
 ]
 
@@ -108,13 +109,21 @@ class LinkError(RuntimeError):
     """The link could not be built or its router failed; the message says why."""
 
 
+def in_test_net(addr: str) -> bool:
+    """Whether ``addr`` (address or CIDR) lies inside TEST-NET-1/2/3 (RFC 5737), the
+    only addresses network tests and benchmarks may give their hosts. Raises
+    ValueError if ``addr`` is not an IP address or network."""
+    net = ipaddress.ip_network(addr, strict=False)
+    return isinstance(net, ipaddress.IPv4Network) and any(net.subnet_of(t) for t in _TEST_NETS)
+
+
 def check_test_net(addr: str) -> None:
     """Raise :class:`LinkError` unless ``addr`` (address or CIDR) is inside TEST-NET-1/2/3."""
     try:
-        net = ipaddress.ip_network(addr, strict=False)
+        inside = in_test_net(addr)
     except ValueError as exc:
         raise LinkError(f"not an IP address/network: {addr!r}") from exc
-    if not isinstance(net, ipaddress.IPv4Network) or not any(net.subnet_of(t) for t in _TEST_NETS):
+    if not inside:
         raise LinkError(f"{addr} is not inside a TEST-NET range; the link lab refuses it")
 
 

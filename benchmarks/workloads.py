@@ -214,6 +214,20 @@ async def run_unary(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) 
 async def run_concurrent(
     side: ClientSide, conn: BenchConnection, p: dict[str, Any]
 ) -> dict[str, Any]:
+    samples, total = await _concurrent_callers(conn, p, warmup_calls=2)
+    return {
+        **summarize_latencies(samples),
+        "calls_per_s": round(len(samples) / total, 1),
+        "callers": p["callers"],
+    }
+
+
+async def _concurrent_callers(
+    conn: BenchConnection, p: dict[str, Any], *, warmup_calls: int
+) -> tuple[list[float], float]:
+    """``callers`` tasks each make ``calls_per_caller`` echo calls of ``size`` bytes one
+    after another on ``conn`` (after ``warmup_calls`` each): every call's latency and
+    the seconds until the last caller finished."""
     payload = b"x" * p["size"]
     clock = time.perf_counter
     samples: list[float] = []
@@ -221,19 +235,15 @@ async def run_concurrent(
     async def caller(calls: int, record: bool) -> None:
         for _ in range(calls):
             t0 = clock()
-            await conn.unary(payload)
+            if await conn.unary(payload) != payload:
+                raise RuntimeError("echo mismatch")
             if record:
                 samples.append(clock() - t0)
 
-    await asyncio.gather(*(caller(2, False) for _ in range(p["callers"])))  # warm up
+    await asyncio.gather(*(caller(warmup_calls, False) for _ in range(p["callers"])))
     started = clock()
     await asyncio.gather(*(caller(p["calls_per_caller"], True) for _ in range(p["callers"])))
-    total = clock() - started
-    return {
-        **summarize_latencies(samples),
-        "calls_per_s": round(len(samples) / total, 1),
-        "callers": p["callers"],
-    }
+    return samples, clock() - started
 
 
 async def run_stream(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) -> dict[str, Any]:
@@ -248,19 +258,28 @@ async def run_stream(side: ClientSide, conn: BenchConnection, p: dict[str, Any])
 
 
 async def run_bulk(side: ClientSide, conn: BenchConnection, p: dict[str, Any]) -> dict[str, Any]:
-    chunk = b"b" * p["chunk"]
-    await conn.bulk(_MIB, chunk)  # warm up (and grow windows)
-    clock = time.perf_counter
-    t0 = clock()
-    got = await conn.bulk(p["bytes"], chunk)
-    elapsed = clock() - t0
-    if got != p["bytes"]:
-        raise RuntimeError(f"server counted {got} of {p['bytes']} bytes")
+    elapsed = await _timed_upload(conn, p["bytes"], p["chunk"], warmup=_MIB)
     return {
         "mbit_per_s": round(p["bytes"] * 8 / elapsed / 1e6, 1),
         "seconds": round(elapsed, 3),
         "mib": p["bytes"] // _MIB,
     }
+
+
+async def _timed_upload(
+    conn: BenchConnection, total: int, chunk_size: int, *, warmup: int
+) -> float:
+    """Upload ``warmup`` bytes (growing windows), then ``total`` bytes, checked against the
+    server's count: the seconds the second upload took."""
+    chunk = b"b" * chunk_size
+    await conn.bulk(warmup, chunk)
+    clock = time.perf_counter
+    t0 = clock()
+    got = await conn.bulk(total, chunk)
+    elapsed = clock() - t0
+    if got != total:
+        raise RuntimeError(f"server counted {got} of {total} bytes")
+    return elapsed
 
 
 def _to_ms(summary: dict[str, float]) -> dict[str, float]:
@@ -285,14 +304,7 @@ async def run_lossy_bulk(
     side: ClientSide, conn: BenchConnection, p: dict[str, Any]
 ) -> dict[str, Any]:
     """One upload of ``bytes`` on one stream across the lossy link, in Mbit/s."""
-    chunk = b"b" * p["chunk"]
-    await conn.bulk(p["warmup_bytes"], chunk)
-    clock = time.perf_counter
-    t0 = clock()
-    got = await conn.bulk(p["bytes"], chunk)
-    elapsed = clock() - t0
-    if got != p["bytes"]:
-        raise RuntimeError(f"server counted {got} of {p['bytes']} bytes")
+    elapsed = await _timed_upload(conn, p["bytes"], p["chunk"], warmup=p["warmup_bytes"])
     return {
         "mbit_per_s": round(p["bytes"] * 8 / elapsed / 1e6, 2),
         "seconds": round(elapsed, 3),
@@ -309,22 +321,7 @@ async def run_lossy_streams(
     about ``callers`` calls are in flight at any time: the head-of-line blocking case.
     Reports calls/s, the time until the last caller finished, and per-call latency.
     """
-    payload = b"x" * p["size"]
-    clock = time.perf_counter
-    samples: list[float] = []
-
-    async def caller(calls: int, record: bool) -> None:
-        for _ in range(calls):
-            t0 = clock()
-            if await conn.unary(payload) != payload:
-                raise RuntimeError("echo mismatch")
-            if record:
-                samples.append(clock() - t0)
-
-    await asyncio.gather(*(caller(1, False) for _ in range(p["callers"])))  # warm up
-    started = clock()
-    await asyncio.gather(*(caller(p["calls_per_caller"], True) for _ in range(p["callers"])))
-    total = clock() - started
+    samples, total = await _concurrent_callers(conn, p, warmup_calls=1)
     return {
         **_to_ms(summarize_latencies(samples)),
         "calls_per_s": round(len(samples) / total, 1),

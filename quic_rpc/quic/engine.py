@@ -86,6 +86,7 @@ a separate ACK-only datagram each way. Well under the 25 ms max_ack_delay we adv
 so the peer's loss detection already allows for it; as soon as a second ack-eliciting
 packet is pending, aioquic's 1 ms schedule applies again (bulk transfers are unchanged)."""
 _POST_HANDSHAKE_CRYPTO_BUFFER = 4096
+_HANDSHAKE_DATAGRAM_SIZE = 1452
 _SHARED_EPOCH_SETS: dict[frozenset[Any], frozenset[Any]] = {}
 _APPLICATION_EPOCHS = (aioquic_tls.Epoch.ONE_RTT, aioquic_tls.Epoch.ZERO_RTT)
 _CLIENT_KEY_SHARES = (aioquic_tls.Group.X25519, aioquic_tls.Group.SECP256R1)
@@ -315,6 +316,12 @@ class EngineConnection(QuicConnection):
         self._first_eliciting_at = 0.0
         self._app_space: QuicPacketSpace | None = None
         self._share_frame_epochs()
+        # Handshake datagrams are padded to the full datagram size (client Initials,
+        # path probes): with large datagrams (the loopback profile) that is 16 KB of
+        # padding to build, encrypt and parse per flight. Send the handshake in ordinary
+        # datagrams and switch to the configured size once it is confirmed.
+        self._full_datagram_size: int = self._max_datagram_size
+        self._max_datagram_size = min(self._max_datagram_size, _HANDSHAKE_DATAGRAM_SIZE)
 
         # We only use bidirectional streams; the peer may have max_streams open at once.
         for limit, value in (
@@ -717,6 +724,7 @@ class EngineConnection(QuicConnection):
 
     def _confirm_handshake(self) -> None:
         super()._confirm_handshake()
+        self._max_datagram_size = self._full_datagram_size
         self._release_handshake_epochs()
 
     def _release_handshake_epochs(self) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ipaddress
 import itertools
 import json
 import os
@@ -42,6 +41,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from benchmarks.linklab import in_test_net
 
 __all__ = [
     "NS_PREFIX",
@@ -59,9 +60,6 @@ NS_PREFIX = "qsnl"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _CLONE_NEWNET = 0x40000000
 _NAME_RE = re.compile(rf"^{NS_PREFIX}-(\d+)-")
-_TEST_NETS = tuple(
-    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
-)
 _lab_ids = itertools.count(1)
 
 
@@ -72,10 +70,10 @@ class NetlabError(RuntimeError):
 def check_test_net(addr: str) -> None:
     """Raise NetlabError unless ``addr`` (address or CIDR) lies in a TEST-NET range."""
     try:
-        net = ipaddress.ip_network(addr, strict=False)
+        inside = in_test_net(addr)
     except ValueError as exc:
         raise NetlabError(f"not an IP address/network: {addr!r}") from exc
-    if net.version != 4 or not any(net.subnet_of(t) for t in _TEST_NETS):  # type: ignore[arg-type]
+    if not inside:
         raise NetlabError(f"{addr} is not inside a TEST-NET range; the lab refuses it")
 
 
