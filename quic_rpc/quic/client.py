@@ -75,6 +75,7 @@ async def connect(
         resumption = ClientResumption(
             cache, key, config.session_ticket_lifetime, offer=offer, identity=identity
         )
+    handshake_size = config.max_datagram_size
     config = config_for_peer(config, addr[0])
     engine = EngineConnection(
         config=config,
@@ -83,6 +84,7 @@ async def connect(
         reset_key=socket._reset_key,
         server_name=server_name,
         resumption=resumption,
+        handshake_datagram_size=handshake_size,
     )
     conn = QUICConnection(socket, engine, config, stream_handler=stream_handler)
     socket._add_connection(conn, [engine.host_cid])

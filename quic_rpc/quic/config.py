@@ -57,7 +57,9 @@ class QUICConfig:
     * ``loopback_datagram_size`` — for a connection whose peer is a loopback address
       (127.0.0.0/8, ::1), where the path is this host's loopback device (MTU 64 KiB) and
       nothing queues between the ends, use datagrams of this size and no pacing:
-      bulk transfers go 5-8x faster. ``None`` treats loopback like any other path.
+      bulk transfers go 5-8x faster. The handshake still uses ``max_datagram_size``
+      (handshake datagrams are padded to full size); the profile never makes datagrams
+      smaller. ``None`` treats loopback like any other path.
     * ``session_resumption`` — TLS 1.3 session resumption, off by default. A server
       issues one single-use ticket per connection to clients that ask; a client asks,
       keeps tickets (see :class:`~quic_rpc.quic.SessionCache`) and offers one when it
@@ -164,6 +166,7 @@ def _loopback_profile(config: QUICConfig) -> QUICConfig:
     # one object per config, shared by all its loopback connections
     size = config.loopback_datagram_size
     assert size is not None
+    size = max(size, config.max_datagram_size)  # the profile never shrinks datagrams
     return dataclasses.replace(config, max_datagram_size=size, pacing=False)
 
 

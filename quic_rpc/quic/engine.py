@@ -86,7 +86,6 @@ a separate ACK-only datagram each way. Well under the 25 ms max_ack_delay we adv
 so the peer's loss detection already allows for it; as soon as a second ack-eliciting
 packet is pending, aioquic's 1 ms schedule applies again (bulk transfers are unchanged)."""
 _POST_HANDSHAKE_CRYPTO_BUFFER = 4096
-_HANDSHAKE_DATAGRAM_SIZE = 1452
 _SHARED_EPOCH_SETS: dict[frozenset[Any], frozenset[Any]] = {}
 _APPLICATION_EPOCHS = (aioquic_tls.Epoch.ONE_RTT, aioquic_tls.Epoch.ZERO_RTT)
 _CLIENT_KEY_SHARES = (aioquic_tls.Group.X25519, aioquic_tls.Group.SECP256R1)
@@ -261,6 +260,7 @@ class EngineConnection(QuicConnection):
         retry_source_connection_id: bytes | None = None,
         resumption: ClientResumption | None = None,
         session_store: ServerSessionStore | None = None,
+        handshake_datagram_size: int | None = None,
     ) -> None:
         self._resumption = resumption if is_client else None
         self._session_store = session_store if not is_client else None
@@ -318,10 +318,11 @@ class EngineConnection(QuicConnection):
         self._share_frame_epochs()
         # Handshake datagrams are padded to the full datagram size (client Initials,
         # path probes): with large datagrams (the loopback profile) that is 16 KB of
-        # padding to build, encrypt and parse per flight. Send the handshake in ordinary
-        # datagrams and switch to the configured size once it is confirmed.
+        # padding to build, encrypt and parse per flight. ``handshake_datagram_size``
+        # (the path-independent size) is used until the handshake is confirmed.
         self._full_datagram_size: int = self._max_datagram_size
-        self._max_datagram_size = min(self._max_datagram_size, _HANDSHAKE_DATAGRAM_SIZE)
+        if handshake_datagram_size is not None:
+            self._max_datagram_size = min(self._max_datagram_size, handshake_datagram_size)
 
         # We only use bidirectional streams; the peer may have max_streams open at once.
         for limit, value in (

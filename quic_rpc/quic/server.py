@@ -186,6 +186,7 @@ class QUICServer:
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,
             session_store=self._sessions,
+            handshake_datagram_size=self._config.max_datagram_size,
         )
         conn = QUICConnection(self._socket, engine, config, stream_handler=self._stream_handler)
         conn._datagram_received(data, peer, now)
