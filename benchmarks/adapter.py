@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import ipaddress
 import json
 import multiprocessing
 import os
@@ -38,70 +37,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ._common import summarize_latencies, write_certs
+
 RESULTS = Path(__file__).resolve().parent / "results" / "adapter.json"
 STACKS = ("grpc-aio", "shim", "native")
 UNARY = "/bench.Adapter/Unary"
 STREAM = "/bench.Adapter/Stream"
 PAYLOAD = 64
 STREAM_MESSAGE = 1024
-
-
-def _make_certs(directory: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("bench-ca"))
-        .issuer_name(name("bench-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
 
 
 def _stream_request(count: int) -> bytes:
@@ -225,11 +168,6 @@ async def _client(stack: str, port: int, certs: Path) -> _Client:
     return client
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 async def _measure(client: _Client, unary_calls: int, stream_messages: int) -> dict[str, Any]:
     request = b"q" * PAYLOAD
     for _ in range(50):
@@ -265,9 +203,7 @@ async def _measure(client: _Client, unary_calls: int, stream_messages: int) -> d
     return {
         "unary_sequential": {
             "calls": unary_calls,
-            "p50_us": round(_percentile(latencies, 0.50) * 1e6, 1),
-            "p90_us": round(_percentile(latencies, 0.90) * 1e6, 1),
-            "p99_us": round(_percentile(latencies, 0.99) * 1e6, 1),
+            **summarize_latencies(latencies),
             "calls_per_s": round(unary_calls / sequential, 1),
         },
         "unary_concurrent": {
@@ -332,7 +268,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp)
-        _make_certs(certs)
+        write_certs(certs)
         for stack in STACKS:
             print(f"benchmarking {stack} ...", file=sys.stderr)
             results[stack] = await _run_stack(stack, certs, unary_calls, stream_messages)
