@@ -28,8 +28,8 @@ Semantics every transport must honour (checked by the stream conformance suite):
 
 Optional: a stream may also offer ``receive_nowait(max_bytes)``, which returns what
 ``receive()`` would return at once (and raises as it would), or ``None`` if ``receive()``
-would have to wait. The RPC server uses it, where present, to serve a request that
-arrived whole without arming timers or starting a reader task.
+would have to wait. The RPC server uses it, where present, to skip the header timer
+when a call's header has already arrived.
 
 ``quic_rpc.testing.stream_conformance`` checks all of this for any transport.
 """

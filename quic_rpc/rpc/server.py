@@ -229,7 +229,6 @@ class _ServerCall:
         "_cause",
         "_ctx",
         "_details",
-        "_early_error",
         "_finished",
         "_handler",
         "_interrupt_requested",
@@ -241,7 +240,6 @@ class _ServerCall:
         "_queue",
         "_raw_leftover",
         "_reader",
-        "_request_done",
         "_server",
         "_stream",
         "_task",
@@ -277,9 +275,6 @@ class _ServerCall:
         self._pending_out = b""
         self._pending_first = False
         self._finished = False
-        self._request_done = False
-        self._early_error: Exception | None = None
-        """The request direction ended (EOF read) before the handler started."""
         self._torn_write = False
         """A response write was interrupted mid-frame: only a reset can end the stream."""
 
@@ -385,8 +380,8 @@ class _ServerCall:
     async def _read_header(self) -> RequestHeaderReceived:
         """Read until the request header; what came with it is queued for the handler.
 
-        The header timeout is armed only if the header is not here already; what is
-        here already after it (the rest of the request, its end) is taken at once."""
+        The header timeout is armed only if the header is not here already (a call's
+        first datagram usually carries it), which saves a timer per call."""
         stream = self._stream
         proto = self._proto
         chunk = self._server.config.receive_chunk_size
@@ -409,21 +404,6 @@ class _ServerCall:
         finally:
             if htimer is not None:
                 htimer.cancel()
-        if nowait is not None:
-            # Take what else is here already: for a small unary or server-streaming call
-            # that is the whole request and its end, and no reader task is needed.
-            while (data := nowait(chunk)) is not None:
-                if not data:
-                    try:
-                        proto.receive_eof()
-                    except Exception as exc:
-                        # e.g. a stream that ended mid-request: the handler starts and
-                        # then sees this error, as when the reader task meets it
-                        self._early_error = exc
-                    else:
-                        self._request_done = True
-                    break
-                events.extend(proto.receive_data(data))
         header = events[0]
         if not isinstance(header, RequestHeaderReceived):  # the state machine forbids it
             raise RemoteProtocolError("the stream does not start with a request header")
@@ -449,11 +429,6 @@ class _ServerCall:
             backlog, self._backlog = self._backlog, []
             for item in backlog:
                 await queue.put(item)
-            if self._early_error is not None:
-                self.fail(self._early_error)
-                return
-            if self._request_done:
-                return
             while True:
                 data = await stream.receive(chunk)
                 if not data:
@@ -538,7 +513,7 @@ class _ServerCall:
             if deadline <= now:
                 raise RPCError(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
             self._timer = loop.call_at(deadline, self._on_deadline)
-        if header.kind is not CallKind.RAW and not (self._request_done and not self._backlog):
+        if header.kind is not CallKind.RAW:
             self._reader = loop.create_task(self._read_loop())
         if server._mw.intercepting:
             assert self._details is not None
