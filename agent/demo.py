@@ -220,7 +220,22 @@ async def _exercise(
         if ours.claim.subject != peer or theirs.claim.issuer != peer:
             raise DemoCheckError("cross-signed claims name the wrong nodes")
     elif method == "AgentService/NodesClaimsGet":
-        _items(await src.call(peer, method, pb.ClaimsGetRequest(pagination=page)), "claim")
+        # Claims pile up as the demo cross-signs (faster transports sign more), so page
+        # through them all, as a real client does.
+        cursor = b""
+        while True:
+            claims_request = pb.ClaimsGetRequest(
+                pagination=common.PaginationRequest(page_size=100, cursor=cursor)
+            )
+            messages = await src.call(peer, method, claims_request)
+            pages = [m.page for m in messages if m.WhichOneof("result") == "page"]
+            if not pages:
+                raise DemoCheckError("the stream ended without its page message")
+            if not pages[-1].has_more:
+                break
+            if not pages[-1].next_cursor:
+                raise DemoCheckError("a page with more to come carries no cursor")
+            cursor = pages[-1].next_cursor
     elif method == "AgentService/NodesHolePunchSignal":
         punch = pb.HolePunchSignalRequest(
             target=node_id_to_proto(third.node_id), transports=list(TRANSPORTS)
