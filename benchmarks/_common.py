@@ -1,15 +1,12 @@
 """Helpers shared by the benchmarks: test certificates, percentiles, machine description.
 
-Everything here is plain data or files; nothing starts a server. ``adapter`` keeps its
-own certificates (leaf CN ``localhost`` with key identifiers, no client leaf) and its own
-percentile (``int(fraction * n)`` of unsorted values), which differ from these.
+Everything here is plain data or files; nothing starts a server. The certificates come
+from :mod:`quic_rpc.testing.pki`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.metadata
-import ipaddress
 import os
 import platform
 import statistics
@@ -45,62 +42,16 @@ LatencySummary = dict[str, float]
 
 
 def write_certs(directory: Path, extra_ips: Sequence[str] = ()) -> None:
-    """A P-256 CA and ``server``/``client`` leaves (SAN localhost, 127.0.0.1) as PEM files.
+    """A P-256 CA and ``server``/``client`` leaves (SAN localhost, 127.0.0.1, ::1) as PEM files.
 
     ``extra_ips`` are added to the leaves' SAN (the lossy link's server address).
     Files: ``ca.pem``, ``server.pem``, ``server.key``, ``client.pem``, ``client.key``.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from quic_rpc.testing.pki import DEFAULT_HOSTS, PemFiles, issue_server_and_client
 
-    now = dt.datetime.now(dt.UTC)
-
-    def subject(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def builder(cn: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> Any:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject(cn))
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        builder("quicshift-bench-ca", subject("quicshift-bench-ca"), ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    san = x509.SubjectAlternativeName(
-        [
-            x509.DNSName("localhost"),
-            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *extra_ips)),
-        ]
-    )
-    for role in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            builder(role, ca.subject, key)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(san, critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        (directory / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (directory / f"{role}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    hosts = (*DEFAULT_HOSTS, *extra_ips)
+    certs = issue_server_and_client("quicshift-bench-ca", server_hosts=hosts, client_hosts=hosts)
+    PemFiles.write(directory, certs)
 
 
 def percentile(sorted_samples: Sequence[float], pct: float) -> float:

@@ -2,6 +2,8 @@
 
 * :mod:`~quic_rpc.testing.stream_conformance` — the conformance suite every
   :class:`~quic_rpc.streams.ByteStream` transport must pass.
+* :mod:`~quic_rpc.testing.pki` — throw-away CAs, leaf certificates and PEM files
+  for tests and benchmarks (never production keys).
 """
 
 from quic_rpc.testing.stream_conformance import (
