@@ -84,7 +84,8 @@ class _AioCall:
 
 
 class _UnaryResponseMixin(_AioCall):
-    _response_task: asyncio.Task[Any] | None = None
+    _outcome: asyncio.Future[Any] | None = None
+    """The response (or error) for every await after the first."""
 
     async def _response(self) -> Any:
         try:
@@ -109,16 +110,30 @@ class _UnaryResponseMixin(_AioCall):
             raise
 
     def __await__(self) -> Generator[Any, None, Any]:
-        if self._response_task is None:
-            self._response_task = self._core.loop.create_task(self._response())
+        # The first await reads the response in the awaiting task itself (no task of its
+        # own: that costs loop turns on every call); later awaits share its outcome.
+        # Cancelling the first awaiter cancels the call, as grpc.aio does.
+        outcome = self._outcome
+        if outcome is None:
+            outcome = self._outcome = self._core.loop.create_future()
+            try:
+                response = yield from self._response().__await__()
+            except asyncio.CancelledError:
+                outcome.cancel()
+                raise
+            except BaseException as exc:
+                outcome.set_exception(exc)
+                outcome.exception()  # seen: raised to the first awaiter
+                raise
+            outcome.set_result(response)
+            return response
         try:
-            response = yield from asyncio.shield(self._response_task).__await__()
+            return (yield from asyncio.shield(outcome).__await__())
         except asyncio.CancelledError:
-            if self._core.cancelled_locally:
+            if outcome.cancelled() or self._core.cancelled_locally:
                 raise
             self._core.cancel()
             raise
-        return response
 
 
 class _StreamResponseMixin(_AioCall):
@@ -186,7 +201,12 @@ class _MultiCallable:
     _streaming: tuple[bool, bool] = (False, False)
 
     def _core(
-        self, timeout: float | None, metadata: Any, wait_for_ready: bool | None = None
+        self,
+        timeout: float | None,
+        metadata: Any,
+        wait_for_ready: bool | None = None,
+        *,
+        unary_request: bool = False,
     ) -> CallCore:
         channel = self._channel
         if channel.closed:
@@ -202,6 +222,7 @@ class _MultiCallable:
             max_receive=channel.max_receive,
             max_send=channel.max_send,
             wait_for_ready=bool(wait_for_ready),
+            defer_open=unary_request,
         )
 
     def _details(
@@ -243,7 +264,9 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         return self._invoke(self._details(timeout, metadata, credentials, wait_for_ready), request)
 
     def _invoke(self, details: Any, request: Any) -> UnaryUnaryCall:
-        core = self._core(details.timeout, details.metadata, details.wait_for_ready)
+        core = self._core(
+            details.timeout, details.metadata, details.wait_for_ready, unary_request=True
+        )
         call = UnaryUnaryCall(core)
         try:
             core.send_unary(request)
@@ -276,7 +299,9 @@ class UnaryStreamMultiCallable(_MultiCallable):
         return self._invoke(details, request)
 
     def _invoke(self, details: Any, request: Any) -> UnaryStreamCall:
-        core = self._core(details.timeout, details.metadata, details.wait_for_ready)
+        core = self._core(
+            details.timeout, details.metadata, details.wait_for_ready, unary_request=True
+        )
         call = UnaryStreamCall(core)
         try:
             core.send_unary(request)

@@ -61,7 +61,10 @@ class CallCore:
         max_receive: int | None,
         max_send: int | None,
         wait_for_ready: bool = False,
+        defer_open: bool = False,
     ) -> None:
+        """``defer_open``: the call opens in :meth:`send_unary` (which must follow at
+        once), so that a unary request can go out with the opening without a task."""
         self._streaming = streaming
         self._wait_for_ready = wait_for_ready
         self.loop = asyncio.get_running_loop()
@@ -81,10 +84,31 @@ class CallCore:
         self._settled = asyncio.Event()
         self._first: bytes | None = None
         self.cancelled_locally = False
-        self._open_task = self.loop.create_task(self._open(transport, metadata))
-        self._open_task.add_done_callback(_retrieve)
+        self._transport = transport
+        self._metadata = metadata
+        self._open_task: asyncio.Task[ClientCallIO] | None = None
         if self.deadline is not None:
             self._timer = self.loop.call_at(self.deadline, self._on_deadline)
+        if not defer_open:
+            self._start_open()
+
+    def _start_open(self) -> None:
+        self._open_task = self.loop.create_task(self._open(self._transport, self._metadata))
+        self._open_task.add_done_callback(_retrieve)
+
+    def _open_nowait(self, first: bytes) -> bool:
+        """Open with ``first`` as the only request, without waiting; False if that
+        would have to wait (then nothing was opened)."""
+        opener = getattr(self._transport, "open_call_nowait", None)
+        if opener is None or self._wait_for_ready:
+            return False
+        io: ClientCallIO | None = opener(
+            self.method, self._metadata, self.deadline, self._streaming, first
+        )
+        if io is None:
+            return False
+        self._io = io
+        return True
 
     # ---- opening
 
@@ -118,6 +142,8 @@ class CallCore:
     async def _get_io(self) -> ClientCallIO | None:
         if self._io is not None:
             return self._io
+        if self._open_task is None:
+            return None  # never opened: ended before its request went out
         try:
             return await asyncio.shield(self._open_task)
         except Exception:
@@ -135,7 +161,7 @@ class CallCore:
         self._local = status
         if self._io is not None:
             self._io.cancel()
-        elif not self._open_task.done():
+        elif self._open_task is not None and not self._open_task.done():
             self._open_task.cancel()
         if self._sender is not None and not self._sender.done():
             self._sender.cancel()
@@ -229,7 +255,13 @@ class CallCore:
         Called right after construction, the request goes out with the call's opening
         (header, message and end of requests in one packet); otherwise from a task."""
         data = self._serialize(request)
-        if self._io is None and not self._open_task.done():
+        if self._io is None and self._open_task is None:  # deferred opening
+            if self.status is not None or self._open_nowait(data):
+                return
+            self._first = data
+            self._start_open()
+            return
+        if self._io is None and self._open_task is not None and not self._open_task.done():
             self._first = data
             return
 

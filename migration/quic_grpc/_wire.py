@@ -475,6 +475,12 @@ class _StreamClientCall:
         self._queue.put_nowait(None)
 
 
+def _timeout_us(deadline: float | None) -> int | None:
+    if deadline is None:
+        return None
+    return max(1, int((deadline - asyncio.get_running_loop().time()) * 1_000_000))
+
+
 class Connector(Protocol):
     """Makes connections for a :class:`StreamClientTransport` and owns what they share."""
 
@@ -524,10 +530,7 @@ class StreamClientTransport:
         deadline: float | None,
         streaming: tuple[bool, bool],
     ) -> ClientCallIO:
-        loop = asyncio.get_running_loop()
-        timeout_us = None
-        if deadline is not None:
-            timeout_us = max(1, int((deadline - loop.time()) * 1_000_000))
+        timeout_us = _timeout_us(deadline)
         for attempt in (1, 2):
             opener = await self._get_opener()
             try:
@@ -537,10 +540,7 @@ class StreamClientTransport:
                 if attempt == 2:
                     raise
                 continue
-            protocol = CallProtocol(
-                Role.CLIENT,
-                max_message_size=UNLIMITED if self._max_receive is None else self._max_receive,
-            )
+            protocol = self._protocol()
             header = protocol.send_request_header(method, kind_for(streaming), metadata, timeout_us)
             call = _StreamClientCall(stream, protocol, header)
             if streaming[0]:
@@ -555,6 +555,53 @@ class StreamClientTransport:
                     continue
             return call
         raise ConnectionLostError("could not open a call stream")
+
+    def open_call_nowait(
+        self,
+        method: str,
+        metadata: MetadataTuple,
+        deadline: float | None,
+        streaming: tuple[bool, bool],
+        first: bytes | None = None,
+    ) -> ClientCallIO | None:
+        """:meth:`open_call` when it would not have to wait (the connection is up, a
+        stream is free and the send buffer has room), with ``first`` (a unary request)
+        and the end of requests sent along; else None and nothing was opened.
+
+        The usual unary call then needs no task of its own to start."""
+        opener = self._opener
+        open_nowait = getattr(opener, "open_stream_nowait", None)
+        if self._closed or open_nowait is None:
+            return None
+        try:
+            stream = open_nowait()
+        except ConnectionLostError:
+            return None  # open_call drops the connection and dials again
+        if stream is None:
+            return None
+        send_nowait = getattr(stream, "send_nowait", None)
+        protocol = self._protocol()
+        timeout_us = _timeout_us(deadline)
+        frames = protocol.send_request_header(method, kind_for(streaming), metadata, timeout_us)
+        last = first is not None
+        if first is not None:
+            frames += protocol.send_message(first) + protocol.send_request_end()
+        try:
+            sent = send_nowait is not None and send_nowait(frames)
+        except StreamError:
+            sent = False
+        if not sent:
+            stream.abort(ResetCode.CANCEL)
+            return None
+        call = _StreamClientCall(stream, protocol, b"")
+        call._request_ended = last
+        return call
+
+    def _protocol(self) -> CallProtocol:
+        return CallProtocol(
+            Role.CLIENT,
+            max_message_size=UNLIMITED if self._max_receive is None else self._max_receive,
+        )
 
     async def wait_ready(self) -> None:
         await self._get_opener()

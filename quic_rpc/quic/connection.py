@@ -235,7 +235,7 @@ class QUICConnection:
             self._check_usable()
             stream_id = self._engine.get_next_available_stream_id()
             if self._engine.peer_stream_credit_ok(stream_id):
-                break
+                return self._new_local_stream(stream_id)
             waiter = self._loop.create_future()
             self._open_waiters.append(waiter)
             try:
@@ -243,6 +243,21 @@ class QUICConnection:
             finally:
                 with contextlib.suppress(ValueError):
                     self._open_waiters.remove(waiter)
+
+    def open_stream_nowait(self) -> QUICStream | None:
+        """A new stream if the peer's stream limit allows one now (and no one is queued
+        for one), else None: what :meth:`open_stream` returns without waiting. Raises as
+        :meth:`open_stream` does. Lets a caller that opens and writes in one go (a unary
+        call) do it without a task of its own."""
+        self._check_usable()
+        if self._open_waiters:
+            return None
+        stream_id = self._engine.get_next_available_stream_id()
+        if not self._engine.peer_stream_credit_ok(stream_id):
+            return None
+        return self._new_local_stream(stream_id)
+
+    def _new_local_stream(self, stream_id: int) -> QUICStream:
         self._engine.send_stream_data(stream_id, b"")  # allocates the id in the engine
         stream = QUICStream(self, stream_id)
         self._streams[stream_id] = stream

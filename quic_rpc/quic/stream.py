@@ -142,6 +142,21 @@ class QUICStream:
             view = view[len(chunk) :]
             self._conn._data_queued()
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Queue all of ``data`` if the send buffer has room for it now and no other
+        writer is waiting; False (nothing queued) where :meth:`send` would wait. Raises
+        as :meth:`send` does."""
+        self._check_sendable()
+        if not data:
+            return True
+        engine = self._conn._engine
+        room = self._conn._config.stream_send_buffer - engine.stream_send_buffered(self.stream_id)
+        if self._send_waiter is not None or len(data) > room:
+            return False
+        engine.send_stream_data(self.stream_id, bytes(data))
+        self._conn._data_queued()
+        return True
+
     async def send_eof(self) -> None:
         """Half-close: the peer's ``receive()`` returns ``b""`` after the data sent so far."""
         if self._queue_eof():

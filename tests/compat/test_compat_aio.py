@@ -186,6 +186,50 @@ async def test_client_cancel_unary(aio_env: AioEnv) -> None:
     assert entry.get("handler_cancelled") is True
 
 
+async def test_unary_call_awaited_twice_and_concurrently(aio_env: AioEnv) -> None:
+    call = aio_env.stub.Unary(aio_env.pb2.EchoRequest(payload=b"again"), timeout=10)
+    first, second = await asyncio.gather(call, call)
+    assert first.payload == second.payload == b"again"
+    assert (await call).payload == b"again"
+    assert await call.code() is aio_env.g.StatusCode.OK
+
+
+async def test_unary_error_raised_to_every_await(aio_env: AioEnv) -> None:
+    g = aio_env.g
+    call = aio_env.stub.Unary(
+        aio_env.pb2.EchoRequest(code_name="NOT_FOUND", details="gone"), timeout=10
+    )
+    for _ in range(2):
+        with pytest.raises(g.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() is g.StatusCode.NOT_FOUND
+
+
+async def test_cancelling_the_awaiting_task_cancels_the_unary_call(aio_env: AioEnv) -> None:
+    g = aio_env.g
+    tag = "cancel-awaiter"
+    call = aio_env.stub.Unary(aio_env.pb2.EchoRequest(wait_for_cancel=True, tag=tag))
+    entry = aio_env.rec[tag]
+    waiter = asyncio.ensure_future(_await(call))
+    for _ in range(200):
+        if entry["started"].is_set():
+            break
+        await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert await call.code() is g.StatusCode.CANCELLED
+    for _ in range(200):
+        if entry["done"].is_set():
+            break
+        await asyncio.sleep(0.05)
+    assert entry.get("handler_cancelled") is True
+
+
+async def _await(call: Any) -> Any:
+    return await call
+
+
 async def test_unknown_method_and_service(aio_env: AioEnv) -> None:
     g = aio_env.g
     for path in ("/compat.v1.Compat/NoSuchMethod", "/no.such.Service/Unary"):

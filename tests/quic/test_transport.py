@@ -563,3 +563,44 @@ async def test_deferred_eof_rides_on_the_next_packet_or_leaves_soon_after(
     assert isinstance(third, QUICStream)
     third.send_eof_deferred()
     assert await asyncio.wait_for(read_all(third), 5) == b""
+
+
+async def test_open_stream_nowait_and_send_nowait_never_wait(
+    make_socket, server_creds, client_creds
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(stream: ByteStream) -> None:
+        await release.wait()
+        await echo_handler(stream)
+
+    server, conn = await _pair(
+        make_socket,
+        server_creds,
+        client_creds,
+        handler,
+        QUICConfig(max_streams=2),
+        QUICConfig(stream_send_buffer=1024),
+    )
+    opened = [conn.open_stream_nowait() for _ in range(2)]
+    assert all(isinstance(stream, QUICStream) for stream in opened)
+    assert conn.open_stream_nowait() is None  # the peer's limit: open_stream() would wait
+    first, second = opened
+    assert first is not None and second is not None
+    assert not first.send_nowait(b"x" * 1025)  # more than the send buffer: nothing queued
+    assert first.send_nowait(b"x" * 1000)
+    assert not first.send_nowait(b"y" * 100)  # 1,000 of 1,024 bytes still unacknowledged
+    assert first.send_nowait(b"")
+    await first.send_eof()
+    with pytest.raises(StreamClosedError):
+        first.send_nowait(b"late")
+    assert second.send_nowait(b"two")
+    await second.send_eof()
+    release.set()
+    assert await read_all(first) == b"x" * 1000
+    assert await read_all(second) == b"two"
+    await wait_for_condition(lambda: conn.open_stream_nowait() is not None)
+    await conn.aclose()
+    with pytest.raises(ConnectionLostError):
+        conn.open_stream_nowait()
+    await server.stop()
