@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future as ConcurrentFuture
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from quic_rpc.streams import PeerInfo
 
@@ -28,6 +28,12 @@ __all__ = ["AioServicerContext", "CallState", "ServicerContext"]
 _LOG = logging.getLogger("migration.quic_grpc")
 
 Deserializer = Callable[[bytes], Any] | None
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> bool: ...
+
+    def done(self) -> bool: ...
 
 
 class MessageTooLargeError(Exception):
@@ -300,7 +306,8 @@ class AioServicerContext(_PeerMixin):
         self._deserializer = request_deserializer
         self._serializer = response_serializer
         self._done_callbacks: list[Callable[[Any], None]] = []
-        self._task: asyncio.Task[Any] | None = None
+        self._task: _Cancellable | None = None
+        """The servicer's run (set by the dispatcher)."""
         self._cancelled = False
         state.add_callback(self._run_done_callbacks)
 

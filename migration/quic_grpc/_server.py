@@ -278,23 +278,29 @@ class _Dispatcher:
         context = AioServicerContext(
             state, handler.request_deserializer, handler.response_serializer
         )
-        inner = asyncio.get_running_loop().create_task(self._invoke_aio(handler, context))
-        context._task = inner
-        state.add_callback(lambda: _cancel_task(inner))
+        task = asyncio.current_task()
+        assert task is not None
+        run = _ServicerRun(task)
+        context._task = run
+        state.add_callback(run.interrupt)
         exc: BaseException | None = None
         try:
-            await inner
+            await self._invoke_aio(handler, context)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if not run.interrupted():
                 raise
-            return None
+            if not context.cancelled():
+                return None
         except CallCancelledError:
             return None
         except Exception as error:
             exc = error
+        finally:
+            await run.end()
         if state.terminated:
             return None
+        if context.cancelled():  # context.cancel(): whatever the servicer did after it
+            return CallStatus(code_number(StatusCode.CANCELLED), "Cancelled")
         return status_for(state, exc, aio=True)
 
     async def _invoke_aio(self, handler: Any, context: AioServicerContext) -> None:
@@ -380,8 +386,57 @@ def _serialize_or_raise(serializer: Callable[[Any], bytes] | None, message: Any)
         raise SerializeError("Failed to serialize response!") from exc
 
 
-def _cancel_task(task: asyncio.Task[Any]) -> None:
-    task.cancel()
+class _ServicerRun:
+    """An aio servicer method running in the task that dispatched its call.
+
+    A task per call only to be able to cancel the servicer alone (on a client cancel, the
+    deadline, ``context.cancel()``) costs loop turns on every call. Instead the
+    dispatching task is cancelled while the servicer runs, and the cancellation is taken
+    back (``uncancel``) once the servicer has ended: any other cancellation of the task
+    (server shutdown) still propagates.
+    """
+
+    __slots__ = ("_delivered", "_requested", "_running", "_task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+        self._running = True
+        self._requested = False
+        self._delivered = False
+
+    def done(self) -> bool:
+        return not self._running
+
+    def cancel(self) -> bool:
+        if not self._running or self._requested:
+            return False
+        self._requested = True
+        self._task.cancel()
+        return True
+
+    def interrupt(self) -> None:
+        """The call ended (client cancel, deadline, abort): stop the servicer."""
+        self.cancel()
+
+    def interrupted(self) -> bool:
+        """A CancelledError reached the dispatcher: True if it was ours alone."""
+        if not self._requested:
+            return False
+        self._delivered = True
+        return self._task.cancelling() <= 1
+
+    async def end(self) -> None:
+        """The servicer ended: take our cancellation back."""
+        self._running = False
+        if not self._requested:
+            return
+        if not self._delivered and getattr(self._task, "_must_cancel", True):
+            # requested from inside the task (the servicer called context.cancel() and
+            # returned before awaiting anything): the pending cancellation would hit the
+            # dispatcher's next await, so take it here
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+        self._task.uncancel()
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

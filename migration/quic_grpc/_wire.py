@@ -156,8 +156,9 @@ class _StreamServerCall:
             await self._queue.put(exc)
         except (StreamError, ProtocolError):
             self._cancel()
-        except asyncio.CancelledError:
-            raise
+        except Exception:
+            _LOG.exception("call reader failed")
+            self._cancel()
 
     def _wake_reader(self) -> None:
         with contextlib.suppress(asyncio.QueueFull):
@@ -253,6 +254,24 @@ class _StreamServerCall:
         return self._trailed
 
 
+def _take_header(
+    protocol: CallProtocol, buffer: bytes
+) -> tuple[RequestHeaderReceived | None, bytes]:
+    """Decode exactly the preface and the header frame if ``buffer`` holds them; what
+    follows (messages, maybe too large ones) is the call's, to be answered with a status."""
+    start = len(PREFACE)
+    if len(buffer) < start + FRAME_HEADER.size:
+        return None, buffer
+    _type, length = FRAME_HEADER.unpack_from(buffer, start)
+    end = start + FRAME_HEADER.size + length
+    if len(buffer) < end:
+        return None, buffer
+    for event in protocol.receive_data(buffer[:end]):
+        if type(event) is RequestHeaderReceived:
+            return event, buffer[end:]
+    raise RemoteProtocolError("a call must start with its request header")
+
+
 async def serve_stream(
     stream: ByteStream, dispatch: ServerDispatch, *, max_receive: int | None
 ) -> None:
@@ -263,28 +282,23 @@ async def serve_stream(
     header: RequestHeaderReceived | None = None
     buffer = b""
     try:
-        async with asyncio.timeout(HEADER_TIMEOUT):
-            while header is None:
-                data = await stream.receive()
-                if not data:
-                    stream.abort(ResetCode.PROTOCOL_ERROR)
-                    return
-                buffer += data
-                # decode exactly the preface and the header frame; what follows (messages,
-                # maybe too large ones) is the call's, to be answered with a status
-                start = len(PREFACE)
-                if len(buffer) < start + FRAME_HEADER.size:
-                    continue
-                _type, length = FRAME_HEADER.unpack_from(buffer, start)
-                end = start + FRAME_HEADER.size + length
-                if len(buffer) < end:
-                    continue
-                for event in protocol.receive_data(buffer[:end]):
-                    if type(event) is RequestHeaderReceived:
-                        header = event
-                buffer = buffer[end:]
-                if header is None:
-                    raise RemoteProtocolError("a call must start with its request header")
+        # The call's first packet usually holds the whole header: then no timer is armed.
+        nowait: Callable[[], bytes | None] | None = getattr(stream, "receive_nowait", None)
+        first = nowait() if nowait is not None else None
+        if first:
+            buffer = first
+            header, buffer = _take_header(protocol, buffer)
+        if header is None and first != b"":
+            async with asyncio.timeout(HEADER_TIMEOUT):
+                while header is None:
+                    data = await stream.receive()
+                    if not data:
+                        break
+                    buffer += data
+                    header, buffer = _take_header(protocol, buffer)
+        if header is None:
+            stream.abort(ResetCode.PROTOCOL_ERROR)  # the stream ended before its header
+            return
     except (TimeoutError, StreamError, QuicRPCError):
         stream.abort(ResetCode.PROTOCOL_ERROR)
         return
@@ -305,9 +319,11 @@ async def serve_stream(
         if call.is_cancelled():
             call.reader.cancel()
             stream.abort(ResetCode.CANCEL)
-        else:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(call.reader), STREAM_LINGER)
+        elif not call.reader.done():
+            # The client half-closes once it has the trailer: give it a moment, so that the
+            # stream ends without a STOP_SENDING (the handler's return closes the stream).
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((call.reader,), timeout=STREAM_LINGER)
             call.reader.cancel()
         with contextlib.suppress(Exception):
             await stream.aclose()

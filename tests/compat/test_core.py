@@ -428,3 +428,66 @@ async def test_wait_for_ready_waits_for_the_server(pki: Any) -> None:
             assert await call == b"ba"
         finally:
             await server.stop(None)
+
+
+def _servicer_run_handlers(events: dict[str, asyncio.Event]) -> Any:
+    async def cancel_at_once(request: bytes, context: Any) -> bytes:
+        context.cancel()  # from inside the servicer, returning before any await
+        return b"never sent"
+
+    async def swallow(request: bytes, context: Any) -> bytes:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            events["swallowed"].set()
+        await asyncio.sleep(0)  # keeps running after swallowing the cancellation
+        return b"too late"
+
+    async def forever(request: bytes, context: Any) -> bytes:
+        events["started"].set()
+        await asyncio.sleep(30)
+        return b""
+
+    async def reverse(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(0)
+        return request[::-1]
+
+    return grpc_shim_handlers(
+        {"CancelAtOnce": cancel_at_once, "Swallow": swallow, "Forever": forever, "Reverse": reverse}
+    )
+
+
+def grpc_shim_handlers(methods: dict[str, Any]) -> Any:
+    return quic_grpc.method_handlers_generic_handler(
+        "t.Run",
+        {name: quic_grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()},
+    )
+
+
+async def test_aio_servicer_cancellation_stays_inside_its_call() -> None:
+    """The aio servicer runs in its call's dispatching task; a cancellation meant for the
+    servicer (context.cancel(), the deadline) must end that call only, and a server stop
+    must still reach a running servicer."""
+    events = {"swallowed": asyncio.Event(), "started": asyncio.Event()}
+    server = quic_grpc.aio.server(handlers=[_servicer_run_handlers(events)])
+    async with testing.aio_memory_channel(server) as channel:
+        reverse = channel.unary_unary("/t.Run/Reverse")
+        with pytest.raises(quic_grpc.aio.AioRpcError) as info:
+            await channel.unary_unary("/t.Run/CancelAtOnce")(b"")
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+        assert await reverse(b"ab") == b"ba"  # the next call on the server is unharmed
+        with pytest.raises(quic_grpc.aio.AioRpcError) as info:
+            await channel.unary_unary("/t.Run/Swallow")(b"", timeout=0.2)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(events["swallowed"].wait(), 10)
+        assert await reverse(b"cd") == b"dc"
+        running = asyncio.ensure_future(_await(channel.unary_unary("/t.Run/Forever")(b"")))
+        await asyncio.wait_for(events["started"].wait(), 10)
+        await server.stop(0)
+        with pytest.raises(quic_grpc.aio.AioRpcError) as info:
+            await running
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def _await(call: Any) -> Any:
+    return await call
