@@ -418,9 +418,10 @@ class _StreamClientCall:
             except (StreamError, ProtocolError):
                 pass
         try:
-            async with asyncio.timeout(STREAM_LINGER):
-                while await self._stream.receive():
-                    pass
+            if not _at_end(self._stream):  # the server's end of stream usually came along
+                async with asyncio.timeout(STREAM_LINGER):
+                    while await self._stream.receive():
+                        pass
         except (TimeoutError, StreamError):
             pass
         with contextlib.suppress(StreamError):
@@ -489,6 +490,17 @@ class _StreamClientCall:
             except asyncio.QueueEmpty:
                 break
         self._queue.put_nowait(None)
+
+
+def _at_end(stream: ByteStream) -> bool:
+    """Read what is here without waiting: True if that reached the end of stream."""
+    nowait: Callable[[], bytes | None] | None = getattr(stream, "receive_nowait", None)
+    if nowait is None:
+        return False
+    while (data := nowait()) is not None:
+        if not data:
+            return True
+    return False
 
 
 def _timeout_us(deadline: float | None) -> int | None:
