@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,9 @@ class QUICConnection:
         self._deferred_eofs: list[QUICStream] = []
         """Streams whose end of stream waits for the next packet sent anyway."""
         self._deferred_timer: asyncio.TimerHandle | None = None
+        self._lingering: deque[tuple[float, QUICStream]] = deque()
+        """Released streams waiting for the peer's end of stream (see QUICStream.release)."""
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._on_established: Callable[[QUICConnection], None] | None = None
         self._on_finalized: Callable[[QUICConnection], None] | None = None
         self._on_handshake_failed: Callable[[QUICConnection], None] | None = None
@@ -413,6 +417,29 @@ class QUICConnection:
         for stream in streams:
             stream._release_deferred_eof()
 
+    def _linger(self, stream: QUICStream, linger: float) -> None:
+        """Stop the peer's sending on ``stream`` if its end of stream has not come within
+        ``linger`` seconds. One timer serves all lingering streams: it runs at the
+        oldest one's deadline (a shorter linger after a longer one waits for the longer)."""
+        lingering = self._lingering
+        while lingering and lingering[0][1].receive_done:  # ended meanwhile: forget them
+            lingering.popleft()
+        lingering.append((self._loop.time() + linger, stream))
+        if self._linger_timer is None and not self._finalized:
+            self._linger_timer = self._loop.call_at(self._lingering[0][0], self._linger_due)
+
+    def _linger_due(self) -> None:
+        self._linger_timer = None
+        if self._finalized:
+            return
+        now = self._loop.time()
+        lingering = self._lingering
+        while lingering and (lingering[0][0] <= now or lingering[0][1].receive_done):
+            _, stream = lingering.popleft()
+            stream._linger_expired()
+        if lingering:
+            self._linger_timer = self._loop.call_at(lingering[0][0], self._linger_due)
+
     def _consumed(self, stream_id: int, size: int) -> None:
         if self._engine.data_consumed(stream_id, size):
             self._schedule_flush()
@@ -636,6 +663,10 @@ class QUICConnection:
             self._deferred_timer.cancel()
             self._deferred_timer = None
         self._deferred_eofs.clear()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._lingering.clear()
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..streams import (
@@ -43,9 +44,11 @@ class QUICStream:
         "_recv_reset_code",
         "_recv_stopped",
         "_recv_waiter",
+        "_released",
         "_reset_sent",
         "_send_waiter",
         "_stop_code",
+        "_watcher",
         "stream_id",
     )
 
@@ -65,6 +68,8 @@ class QUICStream:
         self._stop_code: int | None = None
         self._send_waiter: asyncio.Future[None] | None = None
         self._lost: ConnectionLostError | None = None
+        self._watcher: Callable[[Exception], None] | None = None
+        self._released = False
 
     def __repr__(self) -> str:
         return f"<QUICStream id={self.stream_id} conn={self._conn!r}>"
@@ -243,12 +248,48 @@ class QUICStream:
             return
         if not (self._eof_sent or self._reset_sent or self._stop_code is not None):
             await self.send_eof()
-        if not (self._eof_delivered or self._recv_reset_code is not None or self._recv_stopped):
+        if not (
+            self._eof_delivered
+            or self._recv_reset_code is not None
+            or self._recv_stopped
+            or self._released
+        ):
             if self._recv_eof and not self._recv_buf:
                 self._eof_delivered = True
                 self._conn._stream_progress(self)
             else:
                 self.stop_sending(0)
+
+    def watch(self, callback: Callable[[Exception], None] | None) -> None:
+        """Call ``callback`` (once) with the error a reader would get if the peer resets
+        its sending side or the connection is lost; None stops watching.
+
+        For a reader that has all it wants from the peer but must still hear of an abort
+        (a server running a call whose request is complete): no task has to sit in
+        :meth:`receive` for it."""
+        self._watcher = callback
+
+    def release(self, linger: float) -> None:
+        """We are done reading, but the peer's end of stream is still to come (an RPC
+        client half-closes once it has read the trailer): anything it still sends is
+        discarded, and if its end of stream has not come within ``linger`` seconds its
+        sending is stopped (STOP_SENDING 0), which :meth:`aclose` would do at once.
+        The connection then forgets the stream by itself; no task has to wait for it."""
+        self._watcher = None
+        if self._released or self.receive_done:
+            return
+        self._released = True
+        self._discard_received()
+        if self._recv_eof:
+            self._eof_delivered = True
+            self._conn._stream_progress(self)
+        else:
+            self._conn._linger(self, linger)
+
+    def _linger_expired(self) -> None:
+        if not self.receive_done:
+            self._released = False
+            self.stop_sending(0)
 
     # -- state used by the connection ------------------------------------------------
 
@@ -274,6 +315,14 @@ class QUICStream:
         return self._send_waiter is not None
 
     def _on_data(self, data: bytes, end_stream: bool) -> None:
+        if self._released:
+            if data:
+                self._conn._engine.data_delivered(len(data))
+                self._conn._consumed(self.stream_id, len(data))
+            if end_stream and not self._eof_delivered:
+                self._recv_eof = self._eof_delivered = True
+                self._conn._stream_progress(self)
+            return
         if data:
             if self._recv_stopped or self._recv_reset_code is not None:
                 self._conn._engine.data_delivered(len(data))
@@ -294,6 +343,13 @@ class QUICStream:
         self._discard_received()
         self._wake_receiver()
         self._conn._stream_progress(self)
+        self._notify(StreamResetError(code))
+
+    def _notify(self, error: Exception) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            # not from inside the connection's event processing
+            self._conn._loop.call_soon(watcher, error)
 
     def _on_stop_sending(self, code: int) -> None:
         if self._stop_code is None and not self._reset_sent:
@@ -308,6 +364,7 @@ class QUICStream:
         self._recv_buffered = 0
         self._wake_receiver()
         self._wake_sender()
+        self._notify(self._lost_copy())
 
     def _wake_sender(self) -> None:
         waiter = self._send_waiter

@@ -218,7 +218,8 @@ class _ServerCall:
 
     The request header is read and the handler run in the stream's own task (no extra
     task on the hot path); a reader task watches the rest of the request direction (more
-    messages, the client's reset). :meth:`fail` cancels the call: it fires the context's
+    messages, the client's reset), unless the whole request came with the header and the
+    stream can report a reset by itself (``watch``). :meth:`fail` cancels the call: it fires the context's
     signal and interrupts the stream's task while it is inside the header read or the
     handler (``task.cancel()``, undone with ``task.uncancel()`` once caught, the way
     ``asyncio.timeout`` does it).
@@ -245,6 +246,7 @@ class _ServerCall:
         "_task",
         "_timer",
         "_torn_write",
+        "_watching",
         "connection_key",
     )
 
@@ -267,6 +269,8 @@ class _ServerCall:
         self._details: CallDetails | None = None
         self._handler: Handler[Any, Any] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._watching = False
+        """The stream reports a reset to :meth:`fail` (no reader task; see ``_serve``)."""
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
         self._interruptible = False
@@ -329,6 +333,11 @@ class _ServerCall:
         as soon as it has read the trailer), so the stream ends without a STOP_SENDING."""
         reader = self._reader
         linger = self._server.config.close_linger
+        if self._watching:
+            self._watching = False
+            if linger and not self._server._closing:
+                self._stream.release(linger)  # type: ignore[attr-defined]  # watch() has it
+            return
         if (
             reader is None
             or reader.done()
@@ -340,6 +349,9 @@ class _ServerCall:
         await asyncio.wait((reader,), timeout=linger)
 
     def _cleanup(self) -> None:
+        if self._watching:
+            self._watching = False
+            self._stream.watch(None)  # type: ignore[attr-defined]
         if self._reader is not None:
             self._reader.cancel()
         if self._timer is not None:
@@ -514,7 +526,19 @@ class _ServerCall:
                 raise RPCError(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
             self._timer = loop.call_at(deadline, self._on_deadline)
         if header.kind is not CallKind.RAW:
-            self._reader = loop.create_task(self._read_loop())
+            watch = getattr(self._stream, "watch", None)
+            if (
+                watch is not None
+                and not self._backlog
+                and self._proto.state.request is RequestState.ENDED
+            ):
+                # The whole request came with the header (the usual unary call): only a
+                # reset or a lost connection can still matter, and the stream reports
+                # those without a reader task.
+                watch(self.fail)
+                self._watching = True
+            else:
+                self._reader = loop.create_task(self._read_loop())
         if server._mw.intercepting:
             assert self._details is not None
             await build_chain(server._mw.intercepting, self._proceed)(self._details)
