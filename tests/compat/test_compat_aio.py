@@ -13,6 +13,14 @@ from .test_compat_sync import DETAILS, ERROR_CODES, FOUR_MIB, REQUEST_SIZE, RESP
 pytestmark = pytest.mark.timeout(120)
 
 
+async def _flag(entry: dict[str, Any], name: str) -> None:
+    """Wait (up to 10 s) until the servicer sets ``entry[name]`` (a threading.Event)."""
+    for _ in range(200):
+        if entry[name].is_set():
+            return
+        await asyncio.sleep(0.05)
+
+
 async def _aiter(items: list[Any]) -> Any:
     for item in items:
         yield item
@@ -142,10 +150,7 @@ async def test_deadline_exceeded(aio_env: AioEnv) -> None:
     assert info.value.code() is g.StatusCode.DEADLINE_EXCEEDED
     assert await call.code() is g.StatusCode.DEADLINE_EXCEEDED
     entry = aio_env.rec[tag]
-    for _ in range(200):
-        if entry["done"].is_set():
-            break
-        await asyncio.sleep(0.05)
+    await _flag(entry, "done")
     assert entry.get("handler_cancelled") is True
 
 
@@ -161,10 +166,7 @@ async def test_client_cancel(aio_env: AioEnv) -> None:
         await call.read()
     assert await call.code() is g.StatusCode.CANCELLED
     entry = aio_env.rec[tag]
-    for _ in range(200):
-        if entry["done"].is_set():
-            break
-        await asyncio.sleep(0.05)
+    await _flag(entry, "done")
     assert entry.get("handler_cancelled") is True
 
 
@@ -172,17 +174,11 @@ async def test_client_cancel_unary(aio_env: AioEnv) -> None:
     tag = "cancel-unary"
     call = aio_env.stub.Unary(aio_env.pb2.EchoRequest(wait_for_cancel=True, tag=tag))
     entry = aio_env.rec[tag]
-    for _ in range(200):
-        if entry["started"].is_set():
-            break
-        await asyncio.sleep(0.05)
+    await _flag(entry, "started")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    for _ in range(200):
-        if entry["done"].is_set():
-            break
-        await asyncio.sleep(0.05)
+    await _flag(entry, "done")
     assert entry.get("handler_cancelled") is True
 
 
@@ -211,18 +207,12 @@ async def test_cancelling_the_awaiting_task_cancels_the_unary_call(aio_env: AioE
     call = aio_env.stub.Unary(aio_env.pb2.EchoRequest(wait_for_cancel=True, tag=tag))
     entry = aio_env.rec[tag]
     waiter = asyncio.ensure_future(_await(call))
-    for _ in range(200):
-        if entry["started"].is_set():
-            break
-        await asyncio.sleep(0.05)
+    await _flag(entry, "started")
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert await call.code() is g.StatusCode.CANCELLED
-    for _ in range(200):
-        if entry["done"].is_set():
-            break
-        await asyncio.sleep(0.05)
+    await _flag(entry, "done")
     assert entry.get("handler_cancelled") is True
 
 

@@ -174,15 +174,21 @@ async def test_1000_concurrent_streams(make_socket, server_creds, client_creds) 
     await server.stop()
 
 
-async def test_open_stream_waits_for_peer_stream_limit(
-    make_socket, server_creds, client_creds
-) -> None:
-    release = asyncio.Event()
+def _echo_after(release: asyncio.Event) -> object:
+    """An echo handler that starts echoing once ``release`` is set."""
 
     async def handler(stream: ByteStream) -> None:
         await release.wait()
         await echo_handler(stream)
 
+    return handler
+
+
+async def test_open_stream_waits_for_peer_stream_limit(
+    make_socket, server_creds, client_creds
+) -> None:
+    release = asyncio.Event()
+    handler = _echo_after(release)
     config = QUICConfig(max_streams=4)
     server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
     first = [await conn.open_stream() for _ in range(4)]
@@ -569,11 +575,7 @@ async def test_open_stream_nowait_and_send_nowait_never_wait(
     make_socket, server_creds, client_creds
 ) -> None:
     release = asyncio.Event()
-
-    async def handler(stream: ByteStream) -> None:
-        await release.wait()
-        await echo_handler(stream)
-
+    handler = _echo_after(release)
     server, conn = await _pair(
         make_socket,
         server_creds,
