@@ -225,6 +225,42 @@ class _MultiCallable:
             defer_open=unary_request,
         )
 
+    _intercept = ""
+    """The interceptor method for this kind of call (``intercept_unary_unary``, ...)."""
+    _call_class: type[_AioCall] = _AioCall
+
+    def _start(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+    ) -> Any:
+        details = self._details(timeout, metadata, credentials, wait_for_ready)
+        interceptors = self._channel.interceptors_for(self._intercept)
+        if interceptors:
+            from ._aio_interceptors import InterceptedCall
+
+            return InterceptedCall(interceptors, self._intercept, details, request, self._invoke)
+        return self._invoke(details, request)
+
+    def _invoke(self, details: Any, request: Any) -> _AioCall:
+        """Start the call: a request, or a request iterator (None: ``write()`` calls)."""
+        unary = not self._streaming[0]
+        core = self._core(
+            details.timeout, details.metadata, details.wait_for_ready, unary_request=unary
+        )
+        call = self._call_class(core)
+        if unary:
+            try:
+                core.send_unary(request)
+            except CallEnded:
+                pass
+        elif request is not None:
+            core.send_async_iterator(request)
+        return call
+
     def _details(
         self, timeout: float | None, metadata: Any, credentials: Any, wait_for_ready: Any
     ) -> ClientCallDetails:
@@ -239,6 +275,8 @@ class _MultiCallable:
 
 class UnaryUnaryMultiCallable(_MultiCallable):
     _streaming = (False, False)
+    _intercept = "intercept_unary_unary"
+    _call_class = UnaryUnaryCall
 
     def __call__(
         self,
@@ -250,33 +288,13 @@ class UnaryUnaryMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        interceptors = self._channel.interceptors_for("intercept_unary_unary")
-        if interceptors:
-            from ._aio_interceptors import InterceptedCall
-
-            return InterceptedCall(
-                interceptors,
-                "intercept_unary_unary",
-                self._details(timeout, metadata, credentials, wait_for_ready),
-                request,
-                self._invoke,
-            )
-        return self._invoke(self._details(timeout, metadata, credentials, wait_for_ready), request)
-
-    def _invoke(self, details: Any, request: Any) -> UnaryUnaryCall:
-        core = self._core(
-            details.timeout, details.metadata, details.wait_for_ready, unary_request=True
-        )
-        call = UnaryUnaryCall(core)
-        try:
-            core.send_unary(request)
-        except CallEnded:
-            pass
-        return call
+        return self._start(request, timeout, metadata, credentials, wait_for_ready)
 
 
 class UnaryStreamMultiCallable(_MultiCallable):
     _streaming = (False, True)
+    _intercept = "intercept_unary_stream"
+    _call_class = UnaryStreamCall
 
     def __call__(
         self,
@@ -288,30 +306,13 @@ class UnaryStreamMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        interceptors = self._channel.interceptors_for("intercept_unary_stream")
-        details = self._details(timeout, metadata, credentials, wait_for_ready)
-        if interceptors:
-            from ._aio_interceptors import InterceptedCall
-
-            return InterceptedCall(
-                interceptors, "intercept_unary_stream", details, request, self._invoke
-            )
-        return self._invoke(details, request)
-
-    def _invoke(self, details: Any, request: Any) -> UnaryStreamCall:
-        core = self._core(
-            details.timeout, details.metadata, details.wait_for_ready, unary_request=True
-        )
-        call = UnaryStreamCall(core)
-        try:
-            core.send_unary(request)
-        except CallEnded:
-            pass
-        return call
+        return self._start(request, timeout, metadata, credentials, wait_for_ready)
 
 
 class StreamUnaryMultiCallable(_MultiCallable):
     _streaming = (True, False)
+    _intercept = "intercept_stream_unary"
+    _call_class = StreamUnaryCall
 
     def __call__(
         self,
@@ -323,25 +324,13 @@ class StreamUnaryMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        interceptors = self._channel.interceptors_for("intercept_stream_unary")
-        details = self._details(timeout, metadata, credentials, wait_for_ready)
-        if interceptors:
-            from ._aio_interceptors import InterceptedCall
-
-            return InterceptedCall(
-                interceptors, "intercept_stream_unary", details, request_iterator, self._invoke
-            )
-        return self._invoke(details, request_iterator)
-
-    def _invoke(self, details: Any, request_iterator: Any) -> StreamUnaryCall:
-        core = self._core(details.timeout, details.metadata, details.wait_for_ready)
-        if request_iterator is not None:
-            core.send_async_iterator(request_iterator)
-        return StreamUnaryCall(core)
+        return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready)
 
 
 class StreamStreamMultiCallable(_MultiCallable):
     _streaming = (True, True)
+    _intercept = "intercept_stream_stream"
+    _call_class = StreamStreamCall
 
     def __call__(
         self,
@@ -353,21 +342,7 @@ class StreamStreamMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        interceptors = self._channel.interceptors_for("intercept_stream_stream")
-        details = self._details(timeout, metadata, credentials, wait_for_ready)
-        if interceptors:
-            from ._aio_interceptors import InterceptedCall
-
-            return InterceptedCall(
-                interceptors, "intercept_stream_stream", details, request_iterator, self._invoke
-            )
-        return self._invoke(details, request_iterator)
-
-    def _invoke(self, details: Any, request_iterator: Any) -> StreamStreamCall:
-        core = self._core(details.timeout, details.metadata, details.wait_for_ready)
-        if request_iterator is not None:
-            core.send_async_iterator(request_iterator)
-        return StreamStreamCall(core)
+        return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready)
 
 
 class AioChannel:
