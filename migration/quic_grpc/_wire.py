@@ -119,7 +119,6 @@ class _StreamServerCall:
             _streaming_of(header.kind),
         )
         self._queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_DEPTH)
-        self._leftover = leftover
         self._cancelled = False
         self._trailed = False
         self._callbacks: list[Callable[[], None]] = []
@@ -128,7 +127,63 @@ class _StreamServerCall:
         self._ended = False
         self._single_response = header.kind.single_response
         self._held = b""
-        self.reader = self._loop.create_task(self._read_loop())
+        self._backlog: list[Any] = []
+        self.watching = False
+        """The stream reports a reset by itself (no reader task; see _take_leftover)."""
+        self.reader: asyncio.Task[None] | None = None
+        if not self._take_leftover(leftover):
+            self.reader = self._loop.create_task(self._read_loop())
+
+    def _take_leftover(self, leftover: bytes) -> bool:
+        """Decode what came with the header. If that is the whole request and the stream
+        can report a reset by itself (``watch``), no reader task is needed: True."""
+        items: list[Any] = []
+        try:
+            for event in self._protocol.receive_data(leftover) if leftover else ():
+                if type(event) is MessageReceived:
+                    items.append(event.data)
+                elif type(event) is RequestEnded:
+                    self.request_ended = True
+                    items.append(None)
+        except MessageTooLargeError as exc:
+            self._queue.put_nowait(exc)  # what the reader would do; it stops there
+            return True
+        except ProtocolError:
+            self._cancel()
+            return True
+        if len(items) > QUEUE_DEPTH:
+            self._backlog = items  # the reader queues them as the handler reads
+            return False
+        for item in items:
+            self._queue.put_nowait(item)
+        watch = getattr(self._stream, "watch", None)
+        if not self.request_ended or watch is None:
+            return False
+        watch(self._on_stream_error)
+        self.watching = True
+        return True
+
+    def _on_stream_error(self, error: Exception) -> None:
+        self._cancel()
+
+    def stop_watching(self) -> None:
+        if self.watching:
+            self.watching = False
+            watch = getattr(self._stream, "watch", None)
+            if watch is not None:
+                watch(None)
+
+    def release(self) -> bool:
+        """The call is over: hand a watched stream back without waiting for the client's
+        end of stream (see QUICStream.release). False if it is not watched."""
+        if not self.watching:
+            return False
+        self.watching = False
+        release = getattr(self._stream, "release", None)
+        if release is None:
+            return False
+        release(STREAM_LINGER)
+        return True
 
     @property
     def info(self) -> ServerCallInfo:
@@ -136,11 +191,11 @@ class _StreamServerCall:
 
     async def _read_loop(self) -> None:
         try:
+            backlog, self._backlog = self._backlog, []
+            for item in backlog:
+                await self._queue.put(item)
             while True:
-                if self._leftover:
-                    data, self._leftover = self._leftover, b""
-                else:
-                    data = await self._stream.receive()
+                data = await self._stream.receive()
                 if not data:
                     self._protocol.receive_eof()
                     if not self.request_ended:
@@ -316,15 +371,20 @@ async def serve_stream(
         if not call.trailed and not call.is_cancelled():
             await call.finish(CallStatus(Status.INTERNAL, "call ended without a status"))
     finally:
+        reader = call.reader
         if call.is_cancelled():
-            call.reader.cancel()
+            call.stop_watching()
+            if reader is not None:
+                reader.cancel()
             stream.abort(ResetCode.CANCEL)
-        elif not call.reader.done():
+        elif call.release():
+            pass  # the connection takes the client's end of stream
+        elif reader is not None and not reader.done():
             # The client half-closes once it has the trailer: give it a moment, so that the
             # stream ends without a STOP_SENDING (the handler's return closes the stream).
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait((call.reader,), timeout=STREAM_LINGER)
-            call.reader.cancel()
+                await asyncio.wait((reader,), timeout=STREAM_LINGER)
+            reader.cancel()
         with contextlib.suppress(Exception):
             await stream.aclose()
 

@@ -491,3 +491,121 @@ async def test_aio_servicer_cancellation_stays_inside_its_call() -> None:
 
 async def _await(call: Any) -> Any:
     return await call
+
+
+class _ScriptedStream:
+    """A ByteStream whose peer sent ``data`` and then its end of stream (optionally with
+    the QUIC stream's watch/release, which let the server skip its reader task)."""
+
+    def __init__(self, data: bytes, *, watchable: bool) -> None:
+        from quic_rpc.streams import PeerInfo
+
+        self._data = data
+        self.peer_info = PeerInfo(transport="scripted", remote_host="127.0.0.1", remote_port=1)
+        self.sent = b""
+        self.eof_sent = False
+        self.released: float | None = None
+        self.watch_calls: list[Any] = []
+        if watchable:
+            self.watch = self._watch
+            self.release = self._release
+
+    def _watch(self, callback: Any) -> None:
+        self.watch_calls.append(callback)
+
+    def _release(self, linger: float) -> None:
+        self.released = linger
+
+    def receive_nowait(self, max_bytes: int = 65536) -> bytes:
+        data, self._data = self._data[:max_bytes], self._data[max_bytes:]
+        return data
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return self.receive_nowait(max_bytes)
+
+    async def send(self, data: bytes) -> None:
+        self.sent += data
+
+    async def send_eof(self) -> None:
+        self.eof_sent = True
+
+    def reset(self, code: int) -> None: ...
+
+    def stop_sending(self, code: int) -> None: ...
+
+    def abort(self, code: int) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _request_bytes(method: str, kind: Any, messages: list[bytes]) -> bytes:
+    from quic_rpc.rpc.call_state import Role
+    from quic_rpc.rpc.protocol import CallProtocol
+
+    proto = CallProtocol(Role.CLIENT)
+    out = proto.send_request_header(method, kind, (), None)
+    for message in messages:
+        out += proto.send_message(message)
+    return out + proto.send_request_end()
+
+
+def _response(data: bytes) -> tuple[list[bytes], Any]:
+    from quic_rpc.rpc.call_state import Role
+    from quic_rpc.rpc.events import MessageReceived, TrailerReceived
+    from quic_rpc.rpc.protocol import CallProtocol
+
+    proto = CallProtocol(Role.CLIENT)
+    proto.send_request_header("/x", _kind("UNARY"), (), None)
+    messages, status = [], None
+    for event in proto.receive_data(data):
+        if isinstance(event, MessageReceived):
+            messages.append(event.data)
+        elif isinstance(event, TrailerReceived):
+            status = event.status
+    return messages, status
+
+
+def _kind(name: str) -> Any:
+    from quic_rpc.rpc.frames import CallKind
+
+    return getattr(CallKind, name)
+
+
+async def test_server_call_whose_request_came_whole_needs_no_reader() -> None:
+    from migration.quic_grpc._wire import STREAM_LINGER, serve_stream
+
+    async def join(requests: Any, context: Any) -> bytes:
+        return b"".join([r async for r in requests])
+
+    server = quic_grpc.aio.server(
+        handlers=[
+            quic_grpc.method_handlers_generic_handler(
+                "t.W",
+                {
+                    "Reverse": quic_grpc.unary_unary_rpc_method_handler(_echo_reverse),
+                    "Join": quic_grpc.stream_unary_rpc_method_handler(join),
+                },
+            )
+        ]
+    )
+    # the whole unary request came with the header: watched, then released
+    stream = _ScriptedStream(
+        _request_bytes("/t.W/Reverse", _kind("UNARY"), [b"abc"]), watchable=True
+    )
+    await serve_stream(stream, server.dispatch, max_receive=None)  # type: ignore[arg-type]
+    assert _response(stream.sent) == ([b"cba"], Status.OK)
+    assert stream.eof_sent and stream.released == STREAM_LINGER
+    assert len(stream.watch_calls) == 1 and callable(stream.watch_calls[0])
+    # more messages than the call's queue holds, all with the header: none is lost
+    parts = [bytes([65 + i % 26]) for i in range(40)]
+    for watchable in (True, False):
+        stream = _ScriptedStream(
+            _request_bytes("/t.W/Join", _kind("CLIENT_STREAMING"), parts), watchable=watchable
+        )
+        await serve_stream(stream, server.dispatch, max_receive=None)  # type: ignore[arg-type]
+        assert _response(stream.sent) == ([b"".join(parts)], Status.OK)
+        assert stream.released is None and not stream.watch_calls  # a reader task ran
+
+
+async def _echo_reverse(request: bytes, context: Any) -> bytes:
+    return request[::-1]

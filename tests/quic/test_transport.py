@@ -606,3 +606,60 @@ async def test_open_stream_nowait_and_send_nowait_never_wait(
     with pytest.raises(ConnectionLostError):
         conn.open_stream_nowait()
     await server.stop()
+
+
+async def test_watch_reports_a_reset_and_release_waits_for_the_end_of_stream(
+    make_socket, server_creds, client_creds
+) -> None:
+    served: asyncio.Queue[tuple[list[Exception], asyncio.Event]] = asyncio.Queue()
+
+    async def handler(stream: ByteStream) -> None:
+        assert isinstance(stream, QUICStream)
+        request = await stream.receive()
+        errors: list[Exception] = []
+        stream.watch(errors.append)
+        done = asyncio.Event()
+        await served.put((errors, done))
+        if request == b"hold":
+            await done.wait()
+            return
+        await stream.send(b"reply")
+        await stream.send_eof()
+        stream.release(0.3)  # the handler returns without waiting for the client's FIN
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler)
+
+    def server_streams() -> float:
+        return server.connections[0].stats()["streams"]
+
+    # 1. the client half-closes after the reply: the released stream is forgotten
+    first = await conn.open_stream()
+    await first.send(b"request")
+    errors, _ = await asyncio.wait_for(served.get(), 5)
+    assert await first.receive() == b"reply"
+    await first.send(b"ignored after release")
+    await first.send_eof()
+    await wait_for_condition(lambda: server_streams() == 0)
+    assert errors == []
+
+    # 2. the client never half-closes: after the linger its sending is stopped
+    second = await conn.open_stream()
+    await second.send(b"request")
+    await asyncio.wait_for(served.get(), 5)
+    assert await second.receive() == b"reply"
+    with pytest.raises(StreamStoppedError):
+        for _ in range(100):
+            await second.send(b"x")
+            await asyncio.sleep(0.05)
+    await wait_for_condition(lambda: server_streams() == 0)
+
+    # 3. a reset of the request side reaches the watcher
+    third = await conn.open_stream()
+    await third.send(b"hold")
+    errors, done = await asyncio.wait_for(served.get(), 5)
+    third.reset(7)
+    await wait_for_condition(lambda: bool(errors))
+    assert isinstance(errors[0], StreamResetError) and errors[0].code == 7
+    done.set()
+    await conn.aclose()
+    await server.stop()
