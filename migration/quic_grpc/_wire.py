@@ -402,12 +402,22 @@ class _StreamClientCall:
         loop = asyncio.get_running_loop()
         self._initial: asyncio.Future[MetadataTuple] = loop.create_future()
         self._status: asyncio.Future[CallStatus] = loop.create_future()
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
         self._send_lock = asyncio.Lock()
         self._request_ended = False
         self._done = False
         self._ended = False
-        self._reader = loop.create_task(self._read_loop())
+        self._reader: asyncio.Task[None] | None = None
+        listen = getattr(stream, "listen", None)
+        self._listening = listen is not None
+        self._pumping = False
+        if listen is not None:
+            # the stream hands us what arrives (see _pump): no reader task; the queue is
+            # kept to QUEUE_DEPTH by not taking more from the stream
+            self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+            listen(self._pump)
+        else:
+            self._queue = asyncio.Queue(QUEUE_DEPTH)
+            self._reader = loop.create_task(self._read_loop())
 
     def _settle(self, status: CallStatus) -> None:
         if not self._initial.done():
@@ -459,6 +469,88 @@ class _StreamClientCall:
             self._settle(CallStatus(Status.UNAVAILABLE, f"connection lost: {exc.reason}"))
         except (StreamError, ProtocolError) as exc:
             self._settle(CallStatus(Status.INTERNAL, f"call stream failed: {exc}"))
+
+    def _pump(self) -> None:
+        """Take what the stream has, without waiting (called by the stream when something
+        arrives, and by read() once it has made room)."""
+        if not self._listening or self._pumping:
+            return
+        self._pumping = True
+        stream = self._stream
+        try:
+            while self._queue.qsize() < QUEUE_DEPTH:
+                data = stream.receive_nowait()  # type: ignore[attr-defined]
+                if data is None:
+                    return
+                if not data:
+                    self._stop_listening()
+                    self._protocol.receive_eof()
+                    self._settle(
+                        CallStatus(Status.INTERNAL, "stream ended before the call's trailer")
+                    )
+                    return
+                for event in self._protocol.receive_data(data):
+                    if type(event) is ResponseHeaderReceived:
+                        if not self._initial.done():
+                            self._initial.set_result(normalize_metadata(tuple(event.metadata)))
+                    elif type(event) is MessageReceived:
+                        if not self._initial.done():
+                            self._initial.set_result(())
+                        self._queue.put_nowait(event.data)
+                    elif type(event) is TrailerReceived:
+                        self._stop_listening()
+                        self._settle(
+                            CallStatus(
+                                int(event.status),
+                                event.details,
+                                normalize_metadata(tuple(event.metadata)),
+                            )
+                        )
+                        self._close_after_trailer()
+                        return
+        except MessageTooLargeError as exc:
+            self._stop_listening()
+            self._settle(CallStatus(Status.RESOURCE_EXHAUSTED, _too_large(exc)))
+            self._stream.abort(ResetCode.MESSAGE_TOO_LARGE)
+        except StreamResetError as exc:
+            self._stop_listening()
+            status = status_for_reset_code(exc.code)
+            text = "Cancelled" if status is Status.CANCELLED else f"stream reset ({exc.code:#x})"
+            self._settle(CallStatus(int(status), text))
+        except ConnectionLostError as exc:
+            self._stop_listening()
+            self._settle(CallStatus(Status.UNAVAILABLE, f"connection lost: {exc.reason}"))
+        except (StreamError, ProtocolError) as exc:
+            self._stop_listening()
+            self._settle(CallStatus(Status.INTERNAL, f"call stream failed: {exc}"))
+        finally:
+            self._pumping = False
+
+    def _stop_listening(self) -> None:
+        if self._listening:
+            self._listening = False
+            self._stream.listen(None)  # type: ignore[attr-defined]
+
+    def _close_after_trailer(self) -> None:
+        """:meth:`_after_trailer` without waiting, where the stream allows it: end our side
+        and leave the server's end of stream to the connection."""
+        release = getattr(self._stream, "release", None)
+        deferred = getattr(self._stream, "send_eof_deferred", None)
+        if release is None or deferred is None or self._send_lock.locked():
+            task = asyncio.get_running_loop().create_task(self._after_trailer())
+            task.add_done_callback(_retrieved)
+            return
+        self._done = True
+        try:
+            if not self._request_ended:
+                self._protocol.send_reset()
+                self._stream.reset(ResetCode.NO_ERROR)
+            else:
+                self._protocol.send_eof()
+                deferred()  # rides on the next call's packet (or the ACK)
+        except (StreamError, ProtocolError):
+            pass
+        release(STREAM_LINGER)
 
     async def _after_trailer(self) -> None:
         """Close our side, read the server's end of stream and release the stream."""
@@ -526,6 +618,8 @@ class _StreamClientCall:
             self._ended = True
             return None
         item = await self._queue.get()
+        if self._listening:
+            self._pump()  # there is room again
         if item is None:
             self._ended = True
         return item
@@ -540,7 +634,9 @@ class _StreamClientCall:
         if self._status.done():
             return
         self._done = True
-        self._reader.cancel()
+        self._stop_listening()
+        if self._reader is not None:
+            self._reader.cancel()
         self._stream.abort(ResetCode.CANCEL)
         self._settle(CallStatus(Status.CANCELLED, "Cancelled"))
         # wake a reader blocked on a full queue
@@ -550,6 +646,11 @@ class _StreamClientCall:
             except asyncio.QueueEmpty:
                 break
         self._queue.put_nowait(None)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOG.error("closing a call stream failed", exc_info=task.exception())
 
 
 def _at_end(stream: ByteStream) -> bool:

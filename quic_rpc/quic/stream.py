@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from .connection import QUICConnection
 
 __all__ = ["QUICStream"]
+
+_log = logging.getLogger(__name__)
 
 
 class QUICStream:
@@ -37,6 +40,7 @@ class QUICStream:
         "_eof_deferred",
         "_eof_delivered",
         "_eof_sent",
+        "_listener",
         "_lost",
         "_recv_buf",
         "_recv_buffered",
@@ -69,6 +73,7 @@ class QUICStream:
         self._send_waiter: asyncio.Future[None] | None = None
         self._lost: ConnectionLostError | None = None
         self._watcher: Callable[[Exception], None] | None = None
+        self._listener: Callable[[], None] | None = None
         self._released = False
 
     def __repr__(self) -> str:
@@ -260,6 +265,14 @@ class QUICStream:
             else:
                 self.stop_sending(0)
 
+    def listen(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback()`` each time something arrives for the reader: data, the end
+        of stream, a reset, the loss of the connection (None: stop). It runs inside the
+        connection's event processing, so it must be quick and must not raise; it takes
+        what is there with :meth:`receive_nowait`. A reader driven this way needs no
+        task of its own waiting in :meth:`receive`."""
+        self._listener = callback
+
     def watch(self, callback: Callable[[Exception], None] | None) -> None:
         """Call ``callback`` (once) with the error a reader would get if the peer resets
         its sending side or the connection is lost; None stops watching.
@@ -375,6 +388,12 @@ class QUICStream:
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener()
+            except Exception:
+                _log.exception("stream listener failed on %r", self)
 
     # -- helpers -------------------------------------------------------------------
 

@@ -663,3 +663,35 @@ async def test_watch_reports_a_reset_and_release_waits_for_the_end_of_stream(
     done.set()
     await conn.aclose()
     await server.stop()
+
+
+async def test_listen_hands_over_what_arrives_without_a_waiting_task(
+    make_socket, server_creds, client_creds
+) -> None:
+    _server, conn = await _pair(make_socket, server_creds, client_creds)
+    stream = await conn.open_stream()
+    got: list[bytes] = []
+    ended = asyncio.Event()
+
+    def take() -> None:
+        while (data := stream.receive_nowait()) is not None:
+            if not data:
+                ended.set()
+                return
+            got.append(data)
+
+    stream.listen(take)
+    await stream.send(b"ping" * 1000)
+    await stream.send_eof()
+    await asyncio.wait_for(ended.wait(), 5)
+    assert b"".join(got) == b"ping" * 1000
+    stream.listen(None)
+    # a listener that raises is logged, and the stream keeps working for a reader
+    other = await conn.open_stream()
+    other.listen(lambda: 1 / 0)  # type: ignore[func-returns-value]
+    await other.send(b"x")
+    await other.send_eof()
+    await asyncio.sleep(0.2)
+    other.listen(None)
+    assert await read_all(other) == b"x"
+    await conn.aclose()
