@@ -115,7 +115,7 @@ class QUICConnection:
         self._deferred_eofs: list[QUICStream] = []
         """Streams whose end of stream waits for the next packet sent anyway."""
         self._deferred_timer: asyncio.TimerHandle | None = None
-        self._lingering: deque[tuple[float, QUICStream]] = deque()
+        self._lingering: deque[tuple[float, QUICStream]] | None = None
         """Released streams waiting for the peer's end of stream (see QUICStream.release)."""
         self._linger_timer: asyncio.TimerHandle | None = None
         self._on_established: Callable[[QUICConnection], None] | None = None
@@ -422,11 +422,13 @@ class QUICConnection:
         ``linger`` seconds. One timer serves all lingering streams: it runs at the
         oldest one's deadline (a shorter linger after a longer one waits for the longer)."""
         lingering = self._lingering
+        if lingering is None:
+            lingering = self._lingering = deque()  # made on first use: idle connections are many
         while lingering and lingering[0][1].receive_done:  # ended meanwhile: forget them
             lingering.popleft()
         lingering.append((self._loop.time() + linger, stream))
         if self._linger_timer is None and not self._finalized:
-            self._linger_timer = self._loop.call_at(self._lingering[0][0], self._linger_due)
+            self._linger_timer = self._loop.call_at(lingering[0][0], self._linger_due)
 
     def _linger_due(self) -> None:
         self._linger_timer = None
@@ -439,6 +441,8 @@ class QUICConnection:
             stream._linger_expired()
         if lingering:
             self._linger_timer = self._loop.call_at(lingering[0][0], self._linger_due)
+        else:
+            self._lingering = None
 
     def _consumed(self, stream_id: int, size: int) -> None:
         if self._engine.data_consumed(stream_id, size):
@@ -666,7 +670,7 @@ class QUICConnection:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
-        self._lingering.clear()
+        self._lingering = None
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
