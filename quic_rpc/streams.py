@@ -26,10 +26,21 @@ Semantics every transport must honour (checked by the stream conformance suite):
 * ``reset``, ``stop_sending``, ``abort`` and ``aclose`` never raise once the connection
   is lost.
 
-Optional: a stream may also offer ``receive_nowait(max_bytes)``, which returns what
-``receive()`` would return at once (and raises as it would), or ``None`` if ``receive()``
-would have to wait. The RPC server uses it, where present, to skip the header timer
-when a call's header has already arrived.
+Optional: a stream may also offer ways of working without a task waiting in it, which
+callers look up with ``getattr`` and use where present (QUIC streams have them all):
+
+* ``receive_nowait(max_bytes)`` returns what ``receive()`` would return at once (and
+  raises as it would), or ``None`` if ``receive()`` would have to wait;
+* ``send_nowait(data)`` queues all of ``data`` if ``send()`` would not wait, else
+  returns False and queues nothing; an opener may offer ``open_stream_nowait()``;
+* ``listen(callback)`` calls ``callback()`` whenever something arrives for the reader;
+* ``watch(callback)`` reports a peer reset or a lost connection to a reader that has
+  all it wants, and ``release(linger)`` hands the wait for the peer's end of stream to
+  the transport;
+* ``send_eof_deferred()`` half-closes with the next packet that goes out anyway.
+
+The RPC server and the gRPC adapter use them to serve and make a unary call with no
+task besides the one running it.
 
 ``quic_rpc.testing.stream_conformance`` checks all of this for any transport.
 """
