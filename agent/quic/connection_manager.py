@@ -15,6 +15,14 @@
 * At most ``max_connections`` (held + being dialled). A new one evicts the least
   recently used idle connection; if every connection is busy the dial fails with
   :class:`ConnectionLimitReachedError`.
+* Idle expiry and eviction close a connection at once, in the same step that found no
+  stream open on it, with code 0x2 (:meth:`NodeConnection.close_idle`): a call the peer
+  started on it meanwhile (the two ends' timers are independent) was not processed, so
+  the peer's RPC client sends it again, and its manager gives or dials a new
+  connection for it. A connection on which the peer refuses a stream (it is closing
+  it, or stopping) is retired: no longer handed out, closed once its calls are done.
+  Stubs of retired or so-closed connections keep working: their new calls go to the
+  node's current connection (:meth:`successor`).
 * ``await stop()`` cancels dials, closes every connection and leaves no task or timer.
 """
 
@@ -170,7 +178,7 @@ class NodeConnectionManager:
         conn = self._connections.get(node_id)
         if conn is None:
             return None
-        if conn.closed:
+        if not conn.usable:
             self._forget(node_id, conn)
             return None
         return conn
@@ -258,6 +266,8 @@ class NodeConnectionManager:
             stream_handler=self._stream_handler,
             rpc_config=self._rpc_config,
             on_activity=self._on_activity,
+            successor=self.successor,
+            on_refused=self._on_refused,
         )
         if self._stopped:
             await conn.close()
@@ -266,6 +276,7 @@ class NodeConnectionManager:
         if raced is not None and not self._prefer(conn, raced):
             # the node dialled us meanwhile and its connection is the one both keep
             _log.debug("simultaneous dial: keeping %r, closing our %r", raced, conn)
+            conn.retire()
             self._close_later(conn, self.config.close_grace)
             raced.touch()
             return raced
@@ -291,7 +302,11 @@ class NodeConnectionManager:
             return None
         try:
             conn = NodeConnection.incoming(
-                connection, rpc_config=self._rpc_config, on_activity=self._on_activity
+                connection,
+                rpc_config=self._rpc_config,
+                on_activity=self._on_activity,
+                successor=self.successor,
+                on_refused=self._on_refused,
             )
         except NodeConnectionError as exc:
             _log.warning("refusing %r: %s", connection, exc)
@@ -305,6 +320,7 @@ class NodeConnectionManager:
                 return existing
             _log.debug("incoming %r replaces %r", conn, existing)
             self._forget(existing.node_id, existing)
+            existing.retire()
             if existing.direction == "outgoing":
                 self._close_later(existing, self.config.close_grace)
             self._add(conn)
@@ -317,6 +333,26 @@ class NodeConnectionManager:
             return None
         self._add(conn)
         return conn
+
+    async def successor(self, old: NodeConnection) -> NodeConnection:
+        """The connection that takes over from ``old`` (retired, or closed as refusing)
+        for new calls: the node's held connection, else a new dial to the address ``old``
+        was on — with :meth:`get_connection`'s rules (shared dials, a winning dial under
+        way is waited for, bounds). The node id is the same: it is verified as ever."""
+        if self._connections.get(old.node_id) is old:
+            self._forget(old.node_id, old)
+        conn = await self.get_connection(old.node_id, old.host, old.port)
+        if conn is old:  # unreachable: get_existing drops connections that are not usable
+            raise ConnectionManagerError(f"no other connection to node {old.node_id}")
+        return conn
+
+    def _on_refused(self, conn: NodeConnection) -> None:
+        """The peer refused a stream on ``conn`` (it is closing it, or stopping): hand it
+        out no more, and close it once the calls on it are done."""
+        if self._connections.get(conn.node_id) is conn:
+            self._forget(conn.node_id, conn)
+        if not self._stopped:
+            self._close_later(conn, None)
 
     def note_incoming_stream(self, node_id: object) -> None:
         """Mark the connection to ``node_id`` used (a peer opened a stream on it)."""
@@ -376,7 +412,9 @@ class NodeConnectionManager:
         self._timers[node_id] = self._loop.call_at(when, self._check_expiry, node_id)
 
     def _check_expiry(self, node_id: NodeId) -> None:
-        self._timers.pop(node_id, None)
+        timer = self._timers.pop(node_id, None)
+        if timer is not None:
+            timer.cancel()  # when not run by the timer itself
         conn = self._connections.get(node_id)
         if conn is None or self._stopped:
             return
@@ -392,7 +430,13 @@ class NodeConnectionManager:
         if now < due:
             self._arm(node_id, due)
             return
-        _log.debug("closing %r: idle for %.1fs", conn, now - conn.last_used)
+        # Closed right here, in the step that saw no stream open: had it waited for a
+        # task, a call the peer starts meanwhile could begin to run and then be cut.
+        # As it is, such a call is refused unprocessed and the peer sends it again.
+        if not conn.close_idle():  # unreachable: no stream is open
+            self._arm(node_id, now + ttl)
+            return
+        _log.debug("closed %r: idle for %.1fs", conn, now - conn.last_used)
         self.expired += 1
         self._forget(node_id, conn)
         self._close_later(conn)
@@ -416,9 +460,10 @@ class NodeConnectionManager:
             _log.debug("evicting idle %r to make room", conn)
             self.evicted += 1
             self._forget(node_id, conn)
+            conn.close_idle()  # at once, as in _check_expiry: nothing can start on it
             self._close_later(conn)
 
-    def _close_later(self, conn: NodeConnection, grace: float = 0.0) -> None:
+    def _close_later(self, conn: NodeConnection, grace: float | None = 0.0) -> None:
         task = self._loop.create_task(conn.close(grace))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -15,6 +15,22 @@ A connection also works in the other direction: one the peer dialled (server sid
 the QUIC connection) is wrapped the same way with :meth:`NodeConnection.incoming`, and
 its stub calls the peer back over that same QUIC connection.
 
+Refused calls. Either end may close a connection it no longer wants (idle, evicted, the
+loser of a simultaneous dial, the node stopping) while the other end starts a call on
+it. The RPC client retries a call the peer refused before processing it
+(``RPCClientConfig.transparent_retries``); this module makes the retry land on a usable
+connection to the same node:
+
+* a connection on which the peer refused a stream (REFUSED_STREAM) is *retired*: its
+  manager stops handing it out and closes it once its calls are done;
+* a connection closed with :data:`~quic_rpc.quic.REFUSED_STREAM_CODE` (0x2) was closed
+  by an end that had no stream open on it (:meth:`NodeConnection.close_idle`): a call
+  that got no response on it was not processed, and is retried;
+* the stub of a retired connection, or of one closed that way, is still good: new calls
+  (and the retries) go to the node's current connection, which the manager returns or
+  dials (verified as the same node id). One closed otherwise (the node stopped or
+  vanished, :meth:`close`) fails its calls with UNAVAILABLE as before.
+
 No ``grpc`` import anywhere on this path.
 """
 
@@ -23,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Final, Literal
 
 from agent.identity import NodeIdMismatchError as _IdentityMismatch
@@ -34,6 +50,7 @@ from migration.quic_grpc.descriptor import stub_class
 from migration.quic_grpc.health import health_stub
 from protos.agent.v1 import agent_service_pb2
 from quic_rpc.quic import (
+    REFUSED_STREAM_CODE,
     CertificateRejectedByPeerError,
     ConnectionLimitError,
     HandshakeError,
@@ -46,7 +63,13 @@ from quic_rpc.quic import (
     connect,
 )
 from quic_rpc.rpc import RPCClient, RPCClientConfig
-from quic_rpc.streams import ByteStream, StreamHandler
+from quic_rpc.streams import (
+    ByteStream,
+    ConnectionLostError,
+    StreamError,
+    StreamHandler,
+    StreamResetError,
+)
 
 __all__ = [
     "AGENT_SERVICE",
@@ -71,6 +94,8 @@ AgentServiceStub: Final[type] = stub_class(AGENT_SERVICE)
 """``AgentServiceStub(rpc_client)``: the AgentService stub bound from its descriptor."""
 
 Direction = Literal["outgoing", "incoming"]
+Successor = Callable[["NodeConnection"], Awaitable["NodeConnection"]]
+"""``successor(conn)``: the connection to ``conn``'s node that replaces it (its manager's)."""
 
 
 class NodeConnectionError(Exception):
@@ -135,16 +160,28 @@ class _RecordingVerifier:
             raise
 
 
-class _ActivityOpener:
-    """A StreamOpener over a QUICConnection that reports each opened stream."""
+class _NodeOpener:
+    """The StreamOpener of a NodeConnection's RPC client.
 
-    def __init__(self, conn: QUICConnection, on_open: Callable[[], None]) -> None:
-        self._conn = conn
-        self._on_open = on_open
+    Opens on the node connection's own QUIC connection while it is usable (marking it
+    used). Once it is retired, or closed saying nothing unanswered was processed, it
+    opens on the successor its manager gives for the same node instead. Hears from the
+    RPC client which streams the peer refused (``stream_refused``).
+    """
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: NodeConnection) -> None:
+        self._node = node
 
     async def open_stream(self) -> ByteStream:
-        self._on_open()
-        return await self._conn.open_stream()
+        node = self._node
+        target = node if node.usable else await node._successor_or_self()
+        target.touch()
+        return await target._connection.open_stream()
+
+    def stream_refused(self, stream: ByteStream, error: BaseException) -> bool:
+        return self._node._stream_refused(stream, error)
 
 
 class NodeConnection:
@@ -158,10 +195,16 @@ class NodeConnection:
         direction: Direction,
         rpc_config: RPCClientConfig | None = None,
         on_activity: Callable[[NodeConnection], None] | None = None,
+        successor: Successor | None = None,
+        on_refused: Callable[[NodeConnection], None] | None = None,
     ) -> None:
         """Wrap an *established* connection whose peer proved ``node_id``.
 
         Use :meth:`connect` or :meth:`incoming` rather than calling this directly.
+        ``on_activity`` is called when a call starts on it; ``successor`` gives the
+        connection that takes over once this one is retired or refusing (without it,
+        calls fail as the connection does); ``on_refused`` is called once when the peer
+        refuses a stream on it (it is then retired).
         """
         if not isinstance(node_id, NodeId):
             raise TypeError(f"node_id must be a NodeId, not {type(node_id).__name__}")
@@ -169,19 +212,23 @@ class NodeConnection:
         self._connection = connection
         self._direction: Direction = direction
         self._on_activity = on_activity
+        self._successor = successor
+        self._on_refused = on_refused
+        self._retired = False
+        self._last_successor: NodeConnection | None = None
         self._loop = asyncio.get_running_loop()
         self.last_used = self._loop.time()
         """When a call last started on this connection (either way), in loop time."""
         host, port = connection.remote_address
         self._host = host
         self._port = port
-        self._client = RPCClient(_ActivityOpener(connection, self.touch), config=rpc_config)
+        self._client = RPCClient(_NodeOpener(self), config=rpc_config)
         self._stub: Any = AgentServiceStub(self._client)
         self._health: Any = health_stub(self._client)
         self._closing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
+        state = "closed" if self.closed else "retired" if self._retired else "open"
         return (
             f"<NodeConnection {self._direction} {str(self._node_id)[:12]}… "
             f"{self._host}:{self._port} {state}>"
@@ -203,6 +250,8 @@ class NodeConnection:
         stream_handler: StreamHandler | None = None,
         rpc_config: RPCClientConfig | None = None,
         on_activity: Callable[[NodeConnection], None] | None = None,
+        successor: Successor | None = None,
+        on_refused: Callable[[NodeConnection], None] | None = None,
     ) -> NodeConnection:
         """Dial ``target_node_id`` at ``host:port`` from ``socket``.
 
@@ -260,6 +309,8 @@ class NodeConnection:
             direction="outgoing",
             rpc_config=rpc_config,
             on_activity=on_activity,
+            successor=successor,
+            on_refused=on_refused,
         )
 
     @classmethod
@@ -269,6 +320,8 @@ class NodeConnection:
         *,
         rpc_config: RPCClientConfig | None = None,
         on_activity: Callable[[NodeConnection], None] | None = None,
+        successor: Successor | None = None,
+        on_refused: Callable[[NodeConnection], None] | None = None,
     ) -> NodeConnection:
         """Wrap a connection a peer dialled (already verified by the server's verifier)."""
         identity = connection.peer_identity
@@ -282,6 +335,8 @@ class NodeConnection:
             direction="incoming",
             rpc_config=rpc_config,
             on_activity=on_activity,
+            successor=successor,
+            on_refused=on_refused,
         )
 
     # -- what it is --------------------------------------------------------------------
@@ -306,7 +361,10 @@ class NodeConnection:
 
     @property
     def stub(self) -> Any:
-        """The ``AgentService`` client stub (descriptor-bound, on :attr:`rpc_client`)."""
+        """The ``AgentService`` client stub (descriptor-bound, on :attr:`rpc_client`).
+
+        Once this connection is retired (or closed as refusing), its calls go to the
+        node's current connection (see the module docstring)."""
         return self._stub
 
     @property
@@ -341,19 +399,105 @@ class NodeConnection:
     def closed(self) -> bool:
         return self._connection.is_closed
 
+    @property
+    def retired(self) -> bool:
+        """No new call starts on it: the peer refused a stream on it, or its manager
+        replaced or closed it. Its calls in flight go on."""
+        return self._retired
+
+    @property
+    def usable(self) -> bool:
+        """New calls may start on this connection (open and not retired)."""
+        return not self._retired and not self._connection.is_closed
+
+    @property
+    def replaceable(self) -> bool:
+        """Its calls may go to a successor: it is retired, or was closed by an end that
+        had no stream open on it (code 0x2), so that nothing unanswered was processed.
+        Not after :meth:`close`, nor when the peer stopped or vanished."""
+        if self._retired:
+            return True
+        lost = self._connection.close_reason
+        return lost is not None and lost.error_code == REFUSED_STREAM_CODE
+
+    def retire(self) -> None:
+        """Start no new call on it (new calls go to its successor). Idempotent."""
+        self._retired = True
+
+    def close_idle(self) -> bool:
+        """Close at once if no stream is open on it, with code 0x2
+        (:data:`~quic_rpc.quic.REFUSED_STREAM_CODE`): the peer then knows that a call it
+        started meanwhile was not processed, and sends it again elsewhere. Returns False,
+        doing nothing, if a stream is open. ``await close()`` then waits until closed."""
+        if self._connection.streams:
+            return False
+        self._retired = True
+        self._connection.close(REFUSED_STREAM_CODE, "idle connection closed")
+        return True
+
+    async def _successor_or_self(self) -> NodeConnection:
+        """The connection a new call on this one goes to: its successor if it is
+        replaceable (raises StreamError if none can be had), else itself."""
+        successor = self._successor
+        if successor is None or not self.replaceable:
+            return self
+        try:
+            conn = await successor(self)
+        except (NodeConnectionError, OSError) as exc:
+            raise StreamError(f"no connection to node {self._node_id}: {exc}") from exc
+        if conn is self or not conn.usable or conn.node_id != self._node_id:
+            raise StreamError(f"no usable connection to node {self._node_id}")
+        self._last_successor = conn
+        return conn
+
+    def _stream_refused(self, stream: ByteStream, error: BaseException) -> bool:
+        """A call's stream failed before any response byte (the RPC client's hook).
+        Whether the peer is known not to have processed it; retires the connection that
+        refused it."""
+        if isinstance(error, StreamResetError):
+            if error.code != REFUSED_STREAM_CODE:
+                return False
+            owner = self._owner_of(stream)
+            if owner is not None:
+                owner._refused()
+            return True
+        # a connection closed with 0x2 is closed, hence no longer handed out anyway
+        return isinstance(error, ConnectionLostError) and error.error_code == REFUSED_STREAM_CODE
+
+    def _owner_of(self, stream: ByteStream) -> NodeConnection | None:
+        """Which connection ``stream`` was opened on: this one while it is usable (it
+        never becomes usable again once not), else the one whose peer info it carries."""
+        if self.usable:
+            return self
+        info = stream.peer_info
+        for conn in (self, self._last_successor):
+            if conn is not None and info is conn._connection.peer_info:
+                return conn
+        return None
+
+    def _refused(self) -> None:
+        if self._retired or self._connection.is_closed:
+            return
+        _log.debug("%r refused a stream: retiring it", self)
+        self._retired = True
+        if self._on_refused is not None:
+            try:
+                self._on_refused(self)
+            except Exception:
+                _log.exception("on_refused failed for %r", self)
+
     def touch(self) -> None:
         """Mark the connection as used now (it is then the most recently used)."""
         self.last_used = self._loop.time()
         if self._on_activity is not None:
             self._on_activity(self)
 
-    async def close(self, grace: float = 0.0) -> None:
-        """Close the connection; calls still running after ``grace`` seconds fail with
-        UNAVAILABLE. Idempotent; concurrent closers wait for the same close."""
+    async def close(self, grace: float | None = 0.0) -> None:
+        """Close the connection; calls still running after ``grace`` seconds (None: the
+        QUIC config's ``graceful_stop_timeout``) fail with UNAVAILABLE. Idempotent;
+        concurrent closers wait for the same close."""
         if self._closing is None:
-            _log.debug(
-                "closing %r (grace %.1fs, %d streams open)", self, grace, self.active_streams
-            )
+            _log.debug("closing %r (grace %s, %d streams open)", self, grace, self.active_streams)
             self._closing = asyncio.ensure_future(
                 self._connection.aclose(grace, reason="node connection closed")
             )

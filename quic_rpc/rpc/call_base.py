@@ -1,5 +1,21 @@
 """What every client call shares: start (middleware, stream, header), response reading,
-deadline and cancellation, and the one place where failures become the call's status."""
+deadline and cancellation, transparent retries of refused calls, and the one place where
+failures become the call's status.
+
+A call is *refused* when the server is known not to have processed it: its stream could
+not be opened (the connection was lost or closing), or the stream was reset with
+REFUSED_STREAM — or failed in a way the opener vouches for (see below) — before any byte
+of the response arrived. A refused call whose request the client can replay is sent
+again on a new stream from the client's opener, up to ``transparent_retries`` times,
+within the call's deadline; otherwise it ends with :class:`CallRefusedError`.
+
+An opener may implement ``stream_refused(stream, error) -> bool``: the client calls it
+when a stream it opened failed with :class:`StreamResetError` REFUSED_STREAM or
+:class:`ConnectionLostError` before any response byte. It returns whether the transport
+knows the peer did not process that stream (a REFUSED_STREAM reset counts as refused
+whatever it returns), and lets the opener stop opening streams where they are refused
+(the retry then gets its stream from wherever the opener now points).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +34,7 @@ from ..streams import (
 )
 from .call_state import Role
 from .context import CallContext
-from .errors import RemoteProtocolError, RPCError, SerializationError
+from .errors import CallRefusedError, RemoteProtocolError, RPCError, SerializationError
 from .events import MessageReceived, ResponseHeaderReceived, TrailerReceived
 from .frames import CallKind
 from .metadata import Metadata, MetadataLike
@@ -130,14 +146,16 @@ class ClientCall(Generic[Resp]):
         )
         self._serialize = request_serializer or _default_serialize
         self._deserialize = response_deserializer or _identity
-        self._proto = CallProtocol(
-            Role.CLIENT,
-            raw=kind is CallKind.RAW,
-            max_message_size=cfg.max_receive_message_size,
-            max_header_size=cfg.max_header_size,
-            max_metadata_entries=cfg.max_metadata_entries,
-        )
+        self._proto = self._new_protocol()
         self._stream: ByteStream | None = None
+        self._retries_left = cfg.transparent_retries
+        self._attempts = 0
+        self._replay: Callable[[], bytes] | None = None
+        """What follows the header on a replayed stream (unary, server-streaming)."""
+        self._received = False
+        """A byte of the response arrived on the current stream."""
+        self._refused = False
+        self._last_refusal: tuple[BaseException, bool] | None = None
         self._details: CallDetails | None = None
         if client._mw.all:
             self._details = CallDetails(
@@ -176,6 +194,12 @@ class ClientCall(Generic[Resp]):
     @property
     def deadline(self) -> float | None:
         return self.context.deadline
+
+    @property
+    def attempts(self) -> int:
+        """Streams opened for this call so far (more than 1: it was retried after a
+        refusal; 0: no stream could be opened)."""
+        return self._attempts
 
     def time_remaining(self) -> float | None:
         return self.context.time_remaining()
@@ -250,7 +274,60 @@ class ClientCall(Generic[Resp]):
         status, details, md, rich = self._final
         if self._user_cancelled:
             return asyncio.CancelledError(details)
+        if self._refused:
+            return CallRefusedError(details, md, rich)
         return RPCError(status, details, md, rich)
+
+    def _new_protocol(self) -> CallProtocol:
+        cfg = self._client.config
+        return CallProtocol(
+            Role.CLIENT,
+            raw=self.context.kind is CallKind.RAW,
+            max_message_size=cfg.max_receive_message_size,
+            max_header_size=cfg.max_header_size,
+            max_metadata_entries=cfg.max_metadata_entries,
+        )
+
+    def _refusal(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the server did not process the call on the current stream.
+
+        Only before any response byte. Asks the opener's ``stream_refused`` hook (once per
+        failure), which also lets it stop using a connection that refuses streams.
+        """
+        if self._received or not isinstance(exc, StreamResetError | ConnectionLostError):
+            return False
+        last = self._last_refusal
+        if last is not None and last[0] is exc:
+            return last[1]
+        refused = isinstance(exc, StreamResetError) and exc.code == ResetCode.REFUSED_STREAM
+        stream = self._stream
+        if stream is not None and (refused or isinstance(exc, ConnectionLostError)):
+            hook = getattr(self._client._opener, "stream_refused", None)
+            if hook is not None:
+                try:
+                    refused = bool(hook(stream, exc)) or refused
+                except Exception:
+                    _log.exception("stream_refused hook of the opener raised")
+        self._last_refusal = (exc, refused)
+        return refused
+
+    def _take_retry(self) -> bool:
+        """Spend one transparent retry, if any is left and the call is still running."""
+        if self._final is not None or self._retries_left <= 0:
+            return False
+        self._retries_left -= 1
+        return True
+
+    def _discard_stream(self) -> None:
+        """Drop the refused stream before the call is sent again on a new one."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.abort(ResetCode.CANCEL)
+            except StreamError:
+                pass
+        self._proto = self._new_protocol()
+        self._received = False
 
     def _on_deadline(self) -> None:
         self._timer = None
@@ -325,6 +402,8 @@ class ClientCall(Generic[Resp]):
         """THE client place where an exception becomes the call's status."""
         if self._final is not None:
             return
+        if isinstance(exc, CallRefusedError) or self._refusal(exc):
+            self._refused = True
         if isinstance(exc, RPCError):
             self._terminate(
                 exc.status, exc.details, ResetCode.CANCEL, exc.trailing_metadata, exc.rich_details
@@ -396,26 +475,44 @@ class ClientCall(Generic[Resp]):
             raise self._final_error()
 
     async def _open(self, metadata: Metadata, first: Callable[[], bytes] | None) -> None:
+        """Open the call's stream and send the header (and ``first``, the frames that
+        follow it). Nothing of a request iterator is consumed here, so a refusal met
+        here is retried for every kind of call."""
         self.context.invocation_metadata = metadata
-        if self._final is not None:
-            raise self._final_error()
-        try:
-            stream = await self._io(self._client._opener.open_stream())
-        except (StreamError, OSError) as exc:
-            raise RPCError(Status.UNAVAILABLE, f"cannot open a stream: {exc}") from exc
-        if self._final is not None:  # cancelled or timed out meanwhile
-            stream.abort(ResetCode.CANCEL)
-            raise self._final_error()
-        self._stream = stream
-        self.context.peer_info = stream.peer_info
-        timeout_us = None
-        deadline = self.context.deadline
-        if deadline is not None:
-            timeout_us = max(0, int((deadline - self._loop.time()) * 1_000_000))
-        header = self._proto.send_request_header(
-            self.context.method, self.context.kind, metadata, timeout_us
-        )
-        await self._io(stream.send(header + first() if first is not None else header))
+        self._replay = first
+        while True:
+            if self._final is not None:
+                raise self._final_error()
+            if self._stream is not None or self._attempts:
+                self._discard_stream()
+            try:
+                stream = await self._io(self._client._opener.open_stream())
+            except ConnectionLostError as exc:
+                if self._take_retry():
+                    continue
+                raise CallRefusedError(f"cannot open a stream: {exc}") from exc
+            except (StreamError, OSError) as exc:
+                raise CallRefusedError(f"cannot open a stream: {exc}") from exc
+            if self._final is not None:  # cancelled or timed out meanwhile
+                stream.abort(ResetCode.CANCEL)
+                raise self._final_error()
+            self._attempts += 1
+            self._stream = stream
+            self.context.peer_info = stream.peer_info
+            timeout_us = None
+            deadline = self.context.deadline
+            if deadline is not None:
+                timeout_us = max(0, int((deadline - self._loop.time()) * 1_000_000))
+            header = self._proto.send_request_header(
+                self.context.method, self.context.kind, metadata, timeout_us
+            )
+            try:
+                await self._io(stream.send(header + first() if first is not None else header))
+            except ConnectionLostError as exc:
+                if self._refusal(exc) and self._take_retry():
+                    continue
+                raise
+            return
 
     def _encode(self, message: Any) -> bytes:
         """``message`` as a MESSAGE frame (the request header must have been sent)."""
@@ -470,6 +567,7 @@ class ClientCall(Generic[Resp]):
             if not data:
                 proto.receive_eof()
                 raise RemoteProtocolError("the stream ended without a trailer")
+            self._received = True
             for event in proto.receive_data(data):
                 if isinstance(event, MessageReceived):
                     pending = deliver(event.data)
@@ -493,9 +591,26 @@ class ClientCall(Generic[Resp]):
                 pass
 
     async def _drive(self, deliver: Callable[[bytes], Awaitable[None] | None]) -> None:
-        """Read the response, turning failures into the call's status."""
+        """Read the response, turning failures into the call's status. A stream refused
+        before any response byte is replaced by a new one (calls with a replayable
+        request, within the transparent retries), which is then read instead."""
         try:
-            await self._read_frames(deliver)
+            while True:
+                try:
+                    await self._read_frames(deliver)
+                    return
+                except (StreamResetError, ConnectionLostError) as exc:
+                    if not (
+                        self._final is None
+                        and self._replay is not None
+                        and self._refusal(exc)
+                        and self._take_retry()
+                    ):
+                        raise
+                try:
+                    await self._open(self.context.invocation_metadata, self._replay)
+                except StreamStoppedError:
+                    pass  # the server is ending the call already: read its trailer
         except asyncio.CancelledError:
             if self._final is None:
                 self._terminate(Status.CANCELLED, "Locally cancelled", ResetCode.CANCEL)

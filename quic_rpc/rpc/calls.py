@@ -368,6 +368,7 @@ class RawCall(ClientCall[bytes]):
                 if not data:
                     proto.receive_eof()
                     raise RemoteProtocolError("the stream ended before the call was accepted")
+                self._received = True
                 for event in proto.receive_data(data):
                     if isinstance(event, ResponseHeaderReceived):
                         self._accepted = True

@@ -5,6 +5,14 @@ async iterators and/or have ``write``/``done_writing``; every call has
 ``initial_metadata()``, ``trailing_metadata()``, ``code()``, ``details()``, ``cancel()``.
 Cancelling the task that awaits a call, or ``call.cancel()``, resets the stream with
 CANCEL; the deadline resets it with DEADLINE_EXCEEDED.
+
+A call the server refused before processing it (the stream could not be opened, or was
+reset with REFUSED_STREAM before any response byte) is sent again on a new stream from
+the opener, transparently, when its request can be replayed
+(``RPCClientConfig.transparent_retries``, 1 by default; the deadline bounds it all).
+One that is not gets :class:`~quic_rpc.rpc.errors.CallRefusedError`, an UNAVAILABLE
+:class:`RPCError`. An opener can take part through an optional
+``stream_refused(stream, error) -> bool`` method (see :mod:`quic_rpc.rpc.call_base`).
 """
 
 from __future__ import annotations
@@ -90,7 +98,8 @@ class MethodCallable(Generic[Req, Resp]):
 
 
 class RPCClient:
-    """Makes calls over a transport's :class:`StreamOpener` (one stream per call)."""
+    """Makes calls over a transport's :class:`StreamOpener` (one stream per call; a
+    refused call may take another, see the module docstring)."""
 
     def __init__(
         self,

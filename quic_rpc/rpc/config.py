@@ -99,6 +99,15 @@ class RPCClientConfig:
     * ``default_timeout`` (None): used when a call passes no ``timeout``.
     * ``response_buffer_size`` (16): response messages read ahead of a streaming caller.
     * ``receive_chunk_size`` (64 KiB): bytes asked of the transport per read.
+    * ``transparent_retries`` (1): how many more times a call the server refused before
+      processing it is sent on a new stream, without the caller noticing (0: never).
+      Only calls whose request can be replayed: any kind when the stream could not be
+      opened or its header not sent; unary and server-streaming calls (whose request
+      the client holds) also when the stream is refused before any byte of the
+      response arrived. Never after a response byte, and never a client-streaming or
+      duplex call once its requests may have been consumed. The call's deadline still
+      bounds the whole call, retries included. A refusal that is not retried raises
+      :class:`~quic_rpc.rpc.errors.CallRefusedError` (UNAVAILABLE).
     """
 
     max_receive_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
@@ -108,6 +117,7 @@ class RPCClientConfig:
     default_timeout: float | None = None
     response_buffer_size: int = 16
     receive_chunk_size: int = 65536
+    transparent_retries: int = 1
 
     def __post_init__(self) -> None:
         _check_size("max_receive_message_size", self.max_receive_message_size)
@@ -117,3 +127,6 @@ class RPCClientConfig:
         _check_positive("default_timeout", self.default_timeout, allow_none=True)
         _check_size("response_buffer_size", self.response_buffer_size)
         _check_size("receive_chunk_size", self.receive_chunk_size)
+        retries = self.transparent_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"transparent_retries must be an int >= 0, got {retries!r}")

@@ -3,6 +3,8 @@
 * :class:`LocalProtocolError` — you misused the API (sent after the trailer, bad metadata).
 * :class:`RemoteProtocolError` — the peer sent something malformed; subclasses say what.
 * :class:`RPCError` — a call ended with a non-OK :class:`~quic_rpc.rpc.status.Status`.
+* :class:`CallRefusedError` — an :class:`RPCError` (UNAVAILABLE) for a call the server
+  refused before processing it: nothing of it ran there, so it is safe to send again.
 
 Every class carries a stable class-level ``error_code``: the :class:`ResetCode` a stream is
 reset with when the error ends it.
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from .metadata import Metadata, MetadataValue
 
 __all__ = [
+    "CallRefusedError",
     "HeaderTooLargeError",
     "InvalidMetadataError",
     "LocalProtocolError",
@@ -120,3 +123,26 @@ class RPCError(QuicRPCError):
 
     def __repr__(self) -> str:
         return f"RPCError({self.status.name}, {self.details!r})"
+
+
+class CallRefusedError(RPCError):
+    """A call the server refused before processing it (status UNAVAILABLE).
+
+    Raised when the call's stream could not be opened, or was refused (reset with
+    REFUSED_STREAM, or its connection closed as refusing) before any byte of the
+    response arrived — and the client's transparent retries
+    (``RPCClientConfig.transparent_retries``) did not get it through. The server never
+    ran the call, so sending it again is safe. Code that handles ``RPCError`` /
+    UNAVAILABLE needs no change.
+    """
+
+    def __init__(
+        self,
+        details: str = "",
+        trailing_metadata: Metadata | Iterable[tuple[str, MetadataValue]] = (),
+        rich_details: bytes | None = None,
+    ) -> None:
+        super().__init__(Status.UNAVAILABLE, details, trailing_metadata, rich_details)
+
+    def __repr__(self) -> str:
+        return f"CallRefusedError({self.details!r})"
