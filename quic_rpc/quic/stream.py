@@ -118,19 +118,21 @@ class QUICStream:
         """
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
-        if self._lost is not None:
-            raise self._lost_copy()
         if self._recv_stopped:
             raise StreamClosedError("receiving was stopped on this stream")
         if self._recv_reset_code is not None:
             raise StreamResetError(self._recv_reset_code)
+        # what arrived before the connection was lost is still delivered, its end too
         if self._recv_buf:
             return self._take(max_bytes)
         if self._recv_eof:
             if not self._eof_delivered:
                 self._eof_delivered = True
-                self._conn._stream_progress(self)
+                if self._lost is None:
+                    self._conn._stream_progress(self)
             return b""
+        if self._lost is not None:
+            raise self._lost_copy()
         return None
 
     async def send(self, data: bytes) -> None:
@@ -373,8 +375,7 @@ class QUICStream:
     def _on_connection_lost(self, error: ConnectionLostError) -> None:
         if self._lost is None:
             self._lost = error
-        self._recv_buf.clear()
-        self._recv_buffered = 0
+        # what arrived stays readable (then the loss is raised, unless the end came too)
         self._wake_receiver()
         self._wake_sender()
         self._notify(self._lost_copy())

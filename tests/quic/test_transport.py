@@ -695,3 +695,35 @@ async def test_listen_hands_over_what_arrives_without_a_waiting_task(
     other.listen(None)
     assert await read_all(other) == b"x"
     await conn.aclose()
+
+
+async def test_what_arrived_before_the_connection_was_lost_is_still_read(
+    make_socket, server_creds, client_creds
+) -> None:
+    hold = asyncio.Event()
+
+    async def last_words(stream: ByteStream) -> None:
+        request = await stream.receive()
+        await stream.send(b"last words")
+        if request == b"all":
+            await stream.send_eof()
+        else:
+            await hold.wait()  # no end of stream before the connection goes
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, last_words)
+    whole = await conn.open_stream()
+    cut = await conn.open_stream()
+    await whole.send(b"all")
+    await cut.send(b"part")
+    await wait_for_condition(lambda: whole.buffered_receive == 10 and cut.buffered_receive == 10)
+    await asyncio.sleep(0.05)  # the end of stream left with the data
+    conn.abort("gone")
+    # the reply and its end had arrived: both are read after the loss
+    assert await whole.receive() == b"last words"
+    assert await whole.receive() == b""
+    # a cut-off stream: what arrived, then the loss
+    assert await cut.receive() == b"last words"
+    with pytest.raises(ConnectionLostError):
+        await cut.receive()
+    hold.set()
+    await server.stop()
