@@ -2,6 +2,7 @@
 
     python -m benchmarks [--quick] [--scale F] [--workloads a,b] [--stacks x,y]
                          [--out benchmarks/results] [--lossy-tcp-cc NAME]
+                         [--quic-cc {reno,cubic,bbr}]
 
 Stacks: grpc-direct (grpc.aio, TCP + TLS), grpc-proxy (grpc.aio through the legacy
 forward + reverse proxy pair), adapter-quic (migration.quic_grpc over QUIC), native-quic
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 from ._common import ROOT, machine_info
 from .harness import run_all
 from .report import build_report, write_outputs
-from .stacks import EXTRA_STACKS, STACKS
+from .stacks import EXTRA_STACKS, QUIC_CC_CHOICES, STACKS
 from .workloads import LOSSY_LINK, WORKLOADS, workload_params
 
 T = TypeVar("T")
@@ -94,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         "default; a namespace accepts only net.ipv4.tcp_allowed_congestion_control, "
         "e.g. reno to compare with the QUIC stacks' Reno)",
     )
+    parser.add_argument(
+        "--quic-cc",
+        choices=QUIC_CC_CHOICES,
+        help="congestion control of the QUIC stacks (default: QUICConfig's, reno); "
+        "recorded in each of their results (quic_congestion_control)",
+    )
     args = parser.parse_args(argv)
     try:
         link = replace(LOSSY_LINK, tcp_congestion_control=args.lossy_tcp_cc)
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     log_dir=args.out / "logs",
                     rounds=args.rounds,
                     link=link,
+                    quic_cc=args.quic_cc,
                 )
             )
         )

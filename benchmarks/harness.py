@@ -23,6 +23,9 @@ root, no ``ip``, no TUN) those workloads are reported as ``{"skipped": reason}``
 Each lossy result carries the link's counters over the command (``link``: packets,
 random losses, queue drops per direction).
 
+``quic_cc`` (``--quic-cc`` on the children) picks the QUIC stacks' congestion controller;
+each of their results records the one used (``quic_congestion_control``).
+
 Set ``QUICSHIFT_BENCH_PROFILE=<dir>`` to run every child under cProfile (CPU time);
 each writes ``<dir>/<role>-<stack>.pstats`` when it exits.
 """
@@ -47,7 +50,7 @@ import psutil  # type: ignore[import-untyped]
 
 from . import linklab
 from ._common import ROOT, write_certs
-from .stacks import EXTRA_STACKS, STACKS
+from .stacks import EXTRA_STACKS, QUIC_CC_CHOICES, QUIC_STACKS, STACKS
 from .workloads import LOSSY_LINK, LOSSY_WORKLOADS, WORKLOADS
 
 __all__ = ["run_all"]
@@ -165,7 +168,12 @@ def _child_main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="server: address to bind; client: to dial"
     )
+    parser.add_argument("--quic-cc", choices=QUIC_CC_CHOICES)
     args = parser.parse_args(argv)
+    if args.quic_cc is not None:
+        from . import stacks
+
+        stacks.QUIC_CONGESTION_CONTROL = args.quic_cc
     out = _protocol_out()
     if args.role == "server":
         coro = _server_role(out, args.stack, args.certs, args.max_connections, args.host)
@@ -316,6 +324,9 @@ LOOPBACK = Placement()
 class StackSession:
     """The server and client processes of one stack, (re)started on demand."""
 
+    quic_cc: str | None = None
+    """The QUIC stacks' congestion controller (``None``: ``QUICConfig``'s default)."""
+
     def __init__(
         self,
         stack: str,
@@ -332,9 +343,11 @@ class StackSession:
 
     async def start(self) -> None:
         where = self.placement
+        cc = ("--quic-cc", self.quic_cc) if self.quic_cc is not None else ()
         self.server, hello = await Child.spawn(
             f"{self.stack} server{where.tag}",
             "server",
+            *cc,
             "--stack",
             self.stack,
             "--certs",
@@ -349,6 +362,7 @@ class StackSession:
             self.client, _ = await Child.spawn(
                 f"{self.stack} client{where.tag}",
                 "client",
+                *cc,
                 "--stack",
                 self.stack,
                 "--certs",
@@ -643,6 +657,7 @@ async def run_all(
     log_dir: Path | None = None,
     rounds: int = 1,
     link: linklab.LinkSpec = LOSSY_LINK,
+    quic_cc: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every workload for every stack, in this run; returns ``{stack: {workload: result}}``.
 
@@ -651,9 +666,16 @@ async def run_all(
     figure is then the median over the rounds (every round is kept under ``"rounds"``).
     The idle-connections workload runs once, in the first round. Children's stderr
     (tracebacks of failed workloads) goes to ``log_dir/<child>.log``. The ``lossy-*``
-    workloads run across a fresh ``link`` per stack and round.
+    workloads run across a fresh ``link`` per stack and round. ``quic_cc`` names the
+    QUIC stacks' congestion controller (``None``: ``QUICConfig``'s default).
     """
+    from quic_rpc.quic import QUICConfig
+
     Child.log_dir = log_dir
+    if quic_cc is not None and quic_cc not in QUIC_CC_CHOICES:
+        raise ValueError(f"unknown QUIC congestion control {quic_cc!r}")
+    StackSession.quic_cc = quic_cc
+    quic_cc_used = quic_cc or QUICConfig().congestion_control
     unknown = (set(stacks) - set(STACKS + EXTRA_STACKS)) | (set(workloads) - set(WORKLOADS))
     if unknown:
         raise ValueError(f"unknown stacks or workloads: {sorted(unknown)}")
@@ -683,6 +705,9 @@ async def run_all(
     results: dict[str, dict[str, Any]] = {}
     for stack in stacks:
         results[stack] = {w: combine_rounds(collected[stack][w]) for w in per_call + lossy}
+        if stack in QUIC_STACKS:
+            for result in results[stack].values():
+                result["quic_congestion_control"] = quic_cc_used
         if stack in idle:
             results[stack]["idle"] = idle[stack]
     return results

@@ -9,6 +9,9 @@
 * ``native-quic`` — ``quic_rpc.rpc`` over ``quic_rpc.quic`` (mutual TLS); bulk uses a
   raw handler instead of a client-streaming call.
 
+The QUIC stacks use the congestion controller :data:`QUIC_CONGESTION_CONTROL` names
+(``QUICConfig``'s default unless the harness's ``--quic-cc`` sets it).
+
 ``native-quic`` runs with the default ``QUICConfig``, whose loopback profile applies here
 (peers on 127.0.0.1: 16,000-byte datagrams, no pacing). Not run by default
 (``--stacks native-quic-1452``): ``native-quic-1452``, native QUIC with that profile
@@ -40,6 +43,8 @@ from typing import Any
 
 __all__ = [
     "EXTRA_STACKS",
+    "QUIC_CC_CHOICES",
+    "QUIC_STACKS",
     "STACKS",
     "BenchConnection",
     "ClientSide",
@@ -50,6 +55,10 @@ __all__ = [
 
 STACKS = ("grpc-direct", "grpc-proxy", "adapter-quic", "native-quic")
 EXTRA_STACKS = ("native-quic-1452",)
+QUIC_STACKS = ("adapter-quic", "native-quic", "native-quic-1452")
+QUIC_CC_CHOICES = ("reno", "cubic", "bbr")
+QUIC_CONGESTION_CONTROL: str | None = None
+"""The QUIC stacks' congestion controller; ``None`` keeps ``QUICConfig``'s default."""
 
 SERVICE = "bench.Bench"
 ECHO = f"/{SERVICE}/Echo"
@@ -178,6 +187,8 @@ def _quic_config(max_connections: int, *, wan: bool = False, resume: bool = Fals
     from quic_rpc.quic import QUICConfig
 
     extra: dict[str, Any] = {"loopback_datagram_size": None} if wan else {}
+    if QUIC_CONGESTION_CONTROL is not None:
+        extra["congestion_control"] = QUIC_CONGESTION_CONTROL
     return QUICConfig(
         keepalive_interval=KEEPALIVE_S,
         idle_timeout=30.0,

@@ -50,7 +50,12 @@ class QUICConfig:
     * ``retry`` — the server validates client addresses with a Retry round trip.
     * ``graceful_stop_timeout`` — default deadline for in-flight streams on stop/close.
     * ``datagrams`` — enable unreliable datagrams (RFC 9221).
-    * ``congestion_control`` — ``"reno"`` or ``"cubic"``.
+    * ``congestion_control`` — ``"reno"``, ``"cubic"`` (both loss-based: every lost
+      packet halves or cuts the window, so random loss on a long path keeps them far
+      below its capacity) or ``"bbr"`` (model-based: paces at a windowed-max estimate
+      of the path's delivery rate and keeps about two bandwidth-delay products in
+      flight; random loss does not lower its rate, a round losing more than a few
+      percent of its packets lowers its ceiling). See :mod:`quic_rpc.quic.congestion`.
     * ``pacing`` — pace sends by the congestion controller's rate. Turning it off
       only makes sense on loopback or a private LAN.
     * ``gso`` — use Linux UDP segmentation offload when the kernel supports it.
@@ -73,6 +78,12 @@ class QUICConfig:
       expires this long after the full handshake that authenticated the peer.
     * ``session_store_size`` — a server keeps at most this many unused tickets (the
       oldest are dropped; their clients then do a full handshake).
+    * ``max_pto_backoff`` — the probe timeout doubles at most this many times in a row
+      (0..16), so an unanswered sender probes at least every ``2**max_pto_backoff``
+      probe timeouts; ``None`` doubles without bound as RFC 9002 6.2.1 says. Under heavy
+      random loss an unbounded backoff leaves a connection silent for tens of seconds;
+      a dead peer is still given up on after ``idle_timeout``. See
+      :mod:`quic_rpc.quic.recovery`.
     """
 
     alpn: str = DEFAULT_ALPN
@@ -88,7 +99,7 @@ class QUICConfig:
     retry: bool = False
     graceful_stop_timeout: float = 5.0
     datagrams: bool = False
-    congestion_control: Literal["reno", "cubic"] = "reno"
+    congestion_control: Literal["reno", "cubic", "bbr"] = "reno"
     initial_rtt: float = 0.1
     pacing: bool = True
     gso: bool = True
@@ -96,6 +107,7 @@ class QUICConfig:
     session_resumption: bool = False
     session_ticket_lifetime: float = 3600.0
     session_store_size: int = 4096
+    max_pto_backoff: int | None = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.alpn, str) or not self.alpn or len(self.alpn.encode()) > 255:
@@ -118,6 +130,8 @@ class QUICConfig:
         _int_range("max_connections", self.max_connections, 1, 1 << 20)
         _int_range("max_streams", self.max_streams, 1, 1 << 20)
         _int_range("session_store_size", self.session_store_size, 1, 1 << 24)
+        if self.max_pto_backoff is not None:
+            _int_range("max_pto_backoff", self.max_pto_backoff, 0, 16)
         _int_range("stream_window", self.stream_window, 16 * _KIB, 1 << 30)
         _int_range("connection_window", self.connection_window, self.stream_window, 1 << 32)
         _int_range("stream_send_buffer", self.stream_send_buffer, 1 * _KIB, 1 << 30)
@@ -131,8 +145,8 @@ class QUICConfig:
                 MIN_DATAGRAM_SIZE,
                 MAX_DATAGRAM_SIZE_LIMIT,
             )
-        if self.congestion_control not in ("reno", "cubic"):
-            raise ConfigError("congestion_control must be 'reno' or 'cubic'")
+        if self.congestion_control not in ("reno", "cubic", "bbr"):
+            raise ConfigError("congestion_control must be 'reno', 'cubic' or 'bbr'")
         for name in ("retry", "datagrams", "pacing", "gso", "session_resumption"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool")

@@ -56,6 +56,8 @@ from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
 
 from .config import QUICConfig
+from .congestion import install_pacer
+from .recovery import limit_probe_backoff
 from .tls import ServerSessionStore, SessionCache, TLSCredentials, _ClientSession, _ServerSession
 
 __all__ = [
@@ -336,6 +338,9 @@ class EngineConnection(QuicConnection):
                 reset_key, self._host_cids[0].cid
             )
 
+        # probes keep coming at a bounded interval under heavy loss (see .recovery)
+        limit_probe_backoff(self._loss, config.max_pto_backoff)
+
         count_lost = self._loss._on_packets_lost
 
         def on_packets_lost(**kwargs: Any) -> None:
@@ -347,7 +352,10 @@ class EngineConnection(QuicConnection):
             count_lost(**kwargs)
 
         setattr(self._loss, "_on_packets_lost", on_packets_lost)  # noqa: B010
-        if not config.pacing:
+        if config.congestion_control == "bbr":
+            # pace at the model's rate (or not at all), and learn when the app runs dry
+            install_pacer(self._loss, paced=config.pacing)
+        elif not config.pacing:
             setattr(self._loss._pacer, "next_send_time", _never_paced)  # noqa: B010
 
     # -- state the transport reads -------------------------------------------------

@@ -110,7 +110,7 @@ def test_config_defaults_are_valid() -> None:
         {"stream_window": 1024},
         {"connection_window": 64 * 1024, "stream_window": 128 * 1024},
         {"stream_send_buffer": 10},
-        {"congestion_control": "bbr"},
+        {"congestion_control": "vegas"},
         {"retry": 1},
         {"handshake_timeout": True},
     ],
