@@ -44,7 +44,10 @@ class QUICConfig:
     * ``connection_window`` / ``stream_window`` — receive flow-control windows: the
       peer may send at most this many bytes the application has not read yet.
     * ``stream_send_buffer`` — at most this many unacknowledged bytes are buffered per
-      stream before ``send()`` waits.
+      stream before ``send()`` waits (4 MiB: a lost packet holds the front of the
+      buffer for about two round trips, so on a lossy long path a smaller buffer, not
+      the congestion controller, caps a bulk transfer). Memory is only taken as data
+      waits, so idle and small-call streams do not pay for it.
     * ``max_datagram_size`` — UDP payload size (1,200..16,383; loopback and LANs with
       jumbo frames can use more than the 1,452 default).
     * ``retry`` — the server validates client addresses with a Retry round trip.
@@ -56,6 +59,8 @@ class QUICConfig:
       of the path's delivery rate and keeps about two bandwidth-delay products in
       flight; random loss does not lower its rate, a round losing more than a few
       percent of its packets lowers its ceiling). See :mod:`quic_rpc.quic.congestion`.
+      The default is ``"bbr"``: across a 40 ms path with 1 % random loss it carries
+      26-44 Mbit/s of a 50 Mbit/s link where Reno and CUBIC carry about 3.
     * ``pacing`` — pace sends by the congestion controller's rate. Turning it off
       only makes sense on loopback or a private LAN.
     * ``gso`` — use Linux UDP segmentation offload when the kernel supports it.
@@ -94,12 +99,12 @@ class QUICConfig:
     max_streams: int = 256
     connection_window: int = 16 * _MIB
     stream_window: int = 2 * _MIB
-    stream_send_buffer: int = 1 * _MIB
+    stream_send_buffer: int = 4 * _MIB
     max_datagram_size: int = 1452
     retry: bool = False
     graceful_stop_timeout: float = 5.0
     datagrams: bool = False
-    congestion_control: Literal["reno", "cubic", "bbr"] = "reno"
+    congestion_control: Literal["reno", "cubic", "bbr"] = "bbr"
     initial_rtt: float = 0.1
     pacing: bool = True
     gso: bool = True

@@ -92,12 +92,18 @@ SEND_QUANTUM_TIME = 0.001
 MAX_SEND_QUANTUM = 64 * 1024
 PACER_BURST_TIME = 0.010
 """…and lets credit build up for this long (the event loop's timers fire late)."""
+_SHRINK_AT = 32
+"""Once the side table held this many packets, it is replaced by a new dict when empty."""
 MAX_TRACKED_PACKETS = 1 << 16
 """Side-table cap: far above any window, only a caller that loses track reaches it."""
 _MIN_RTT_SAMPLE = 1e-6
 _REFRESH_STEP = 1.002
 """Rate, BDP and target follow a growing estimate in steps of 0.2 % (and at once when
 the estimate falls, or at every new round)."""
+
+
+_SHARED_RNG = random.Random()
+"""Picks where a PROBE_BW gain cycle starts (not security-relevant)."""
 
 
 class BBRMode(enum.Enum):
@@ -114,18 +120,72 @@ _Record = tuple[int, float, float, bool, int]
 class BBRCongestionControl(QuicCongestionControl):
     """Model-based congestion control (see the module docstring)."""
 
+    __slots__ = (
+        "_agg_epoch_acked",
+        "_agg_epoch_start",
+        "_agg_index",
+        "_agg_max",
+        "_agg_rounds",
+        "_app_limited_until",
+        "_bdp",
+        "_bw_rounds",
+        "_cycle_deadline",
+        "_cycle_index",
+        "_cycle_lost",
+        "_cycle_stamp",
+        "_delivered_time",
+        "_drain_start_round",
+        "_first_sent_time",
+        "_full_bw",
+        "_full_bw_count",
+        "_initial_cwnd",
+        "_last_sample_app_limited",
+        "_lossy_since_probe",
+        "_mds",
+        "_min_cwnd",
+        "_min_rtt_stamp",
+        "_next_round_delivered",
+        "_pacer",
+        "_pacing_rate",
+        "_packets",
+        "_prior_cwnd",
+        "_probe_rtt_done_at",
+        "_probe_rtt_round_done",
+        "_refreshed_bw",
+        "_rng",
+        "_round_acked_packets",
+        "_round_loss_handled",
+        "_round_lost_packets",
+        "_round_max_bw",
+        "_round_start",
+        "_sample_min_interval",
+        "_table_grown",
+        "_target",
+        "cwnd_gain",
+        "delivered",
+        "filled_pipe",
+        "inflight_hi",
+        "max_bw",
+        "min_rtt",
+        "mode",
+        "pacing_gain",
+        "round_count",
+        "rounds_too_lossy",
+    )
+
     def __init__(self, *, max_datagram_size: int, rng: random.Random | None = None) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
         self._mds = max_datagram_size
         self._min_cwnd = MIN_WINDOW_PACKETS * max_datagram_size
         self._initial_cwnd = K_INITIAL_WINDOW * max_datagram_size
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else _SHARED_RNG  # one per connection: ~3 KiB
         self.mode = BBRMode.STARTUP
         self.pacing_gain = STARTUP_GAIN
         self.cwnd_gain = STARTUP_GAIN
 
         # delivery-rate estimation
         self._packets: dict[int, _Record] = {}
+        self._table_grown = False
         self.delivered = 0
         self._delivered_time = 0.0
         self._first_sent_time = 0.0
@@ -229,8 +289,10 @@ class BBRCongestionControl(QuicCongestionControl):
             self._first_sent_time = self._delivered_time = sent_time
         in_flight = self.bytes_in_flight = self.bytes_in_flight + size
         packets = self._packets
-        if len(packets) >= MAX_TRACKED_PACKETS:
-            del packets[next(iter(packets))]
+        if len(packets) >= _SHRINK_AT:
+            if len(packets) >= MAX_TRACKED_PACKETS:
+                del packets[next(iter(packets))]
+            self._table_grown = True
         epoch = packet.epoch
         slot = _ONE_RTT_SLOT if epoch is _ONE_RTT else _EPOCH_SLOT[epoch]
         packets[packet.packet_number * 4 + slot] = (
@@ -254,7 +316,12 @@ class BBRCongestionControl(QuicCongestionControl):
             self._app_limited_until = 0
         epoch = packet.epoch
         slot = _ONE_RTT_SLOT if epoch is _ONE_RTT else _EPOCH_SLOT[epoch]
-        record = self._packets.pop(packet.packet_number * 4 + slot, None)
+        packets = self._packets
+        record = packets.pop(packet.packet_number * 4 + slot, None)
+        if not packets and self._table_grown:
+            # a dict keeps its largest size: an idle connection should not
+            self._packets = {}
+            self._table_grown = False
         self._round_start = False
         if record is not None:
             p_delivered, p_delivered_time, p_first_sent, p_app_limited, _ = record
@@ -594,6 +661,17 @@ class ModelPacer(QuicPacketPacer):
     :meth:`update_after_send` after building one; the built packets reach the controller
     (``on_packet_sent``) only when the whole batch is flushed, with their real sizes.
     """
+
+    __slots__ = (
+        "_batch_built",
+        "_batch_time",
+        "_cc",
+        "_credit",
+        "_grant_had_room",
+        "_granted",
+        "_paced",
+        "_stamp",
+    )
 
     def __init__(self, controller: BBRCongestionControl, *, paced: bool = True) -> None:
         super().__init__(max_datagram_size=controller._mds)

@@ -156,8 +156,8 @@ FACTORIES: dict[
     # Stream window 256 KiB plus one send chunk in flight.
     "tcp": (_tcp_factory(tls=False), ConformanceOptions(max_buffered=512 * 1024)),
     "tls": (_tcp_factory(tls=True), ConformanceOptions(max_buffered=512 * 1024)),
-    # Default QUICConfig: 2 MiB stream window plus a 1 MiB send buffer.
-    "quic": (make_quic_pair, ConformanceOptions(max_buffered=4 * 1024 * 1024)),
+    # Default QUICConfig: 2 MiB stream window plus a 4 MiB send buffer.
+    "quic": (make_quic_pair, ConformanceOptions(max_buffered=7 * 1024 * 1024)),
 }
 
 CHECKS = list(iter_checks())
