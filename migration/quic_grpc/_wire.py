@@ -435,40 +435,17 @@ class _StreamClientCall:
             while True:
                 data = await self._stream.receive()
                 if not data:
-                    self._protocol.receive_eof()
-                    self._settle(
-                        CallStatus(Status.INTERNAL, "stream ended before the call's trailer")
-                    )
+                    self._stream_ended()
                     return
-                for event in self._protocol.receive_data(data):
-                    if type(event) is ResponseHeaderReceived:
-                        if not self._initial.done():
-                            self._initial.set_result(normalize_metadata(tuple(event.metadata)))
-                    elif type(event) is MessageReceived:
-                        if not self._initial.done():
-                            self._initial.set_result(())
-                        await self._queue.put(event.data)
-                    elif type(event) is TrailerReceived:
-                        self._settle(
-                            CallStatus(
-                                int(event.status),
-                                event.details,
-                                normalize_metadata(tuple(event.metadata)),
-                            )
-                        )
-                        await self._after_trailer()
-                        return
-        except MessageTooLargeError as exc:
-            self._settle(CallStatus(Status.RESOURCE_EXHAUSTED, _too_large(exc)))
-            self._stream.abort(ResetCode.MESSAGE_TOO_LARGE)
-        except StreamResetError as exc:
-            status = status_for_reset_code(exc.code)
-            text = "Cancelled" if status is Status.CANCELLED else f"stream reset ({exc.code:#x})"
-            self._settle(CallStatus(int(status), text))
-        except ConnectionLostError as exc:
-            self._settle(CallStatus(Status.UNAVAILABLE, f"connection lost: {exc.reason}"))
+                messages, trailer = self._decode(data)
+                for message in messages:
+                    await self._queue.put(message)
+                if trailer is not None:
+                    self._settle(trailer)
+                    await self._after_trailer()
+                    return
         except (StreamError, ProtocolError) as exc:
-            self._settle(CallStatus(Status.INTERNAL, f"call stream failed: {exc}"))
+            self._failed(exc)
 
     def _pump(self) -> None:
         """Take what the stream has, without waiting (called by the stream when something
@@ -484,47 +461,57 @@ class _StreamClientCall:
                     return
                 if not data:
                     self._stop_listening()
-                    self._protocol.receive_eof()
-                    self._settle(
-                        CallStatus(Status.INTERNAL, "stream ended before the call's trailer")
-                    )
+                    self._stream_ended()
                     return
-                for event in self._protocol.receive_data(data):
-                    if type(event) is ResponseHeaderReceived:
-                        if not self._initial.done():
-                            self._initial.set_result(normalize_metadata(tuple(event.metadata)))
-                    elif type(event) is MessageReceived:
-                        if not self._initial.done():
-                            self._initial.set_result(())
-                        self._queue.put_nowait(event.data)
-                    elif type(event) is TrailerReceived:
-                        self._stop_listening()
-                        self._settle(
-                            CallStatus(
-                                int(event.status),
-                                event.details,
-                                normalize_metadata(tuple(event.metadata)),
-                            )
-                        )
-                        self._close_after_trailer()
-                        return
-        except MessageTooLargeError as exc:
+                messages, trailer = self._decode(data)
+                for message in messages:
+                    self._queue.put_nowait(message)
+                if trailer is not None:
+                    self._stop_listening()
+                    self._settle(trailer)
+                    self._close_after_trailer()
+                    return
+        except (StreamError, ProtocolError) as exc:
             self._stop_listening()
+            self._failed(exc)
+        finally:
+            self._pumping = False
+
+    def _decode(self, data: bytes) -> tuple[list[bytes], CallStatus | None]:
+        """The messages in ``data`` (to queue before anything settles) and the status of
+        its trailer, if it holds one; initial metadata is settled here."""
+        messages: list[bytes] = []
+        for event in self._protocol.receive_data(data):
+            if type(event) is ResponseHeaderReceived:
+                if not self._initial.done():
+                    self._initial.set_result(normalize_metadata(tuple(event.metadata)))
+            elif type(event) is MessageReceived:
+                if not self._initial.done():
+                    self._initial.set_result(())
+                messages.append(event.data)
+            elif type(event) is TrailerReceived:
+                return messages, CallStatus(
+                    int(event.status), event.details, normalize_metadata(tuple(event.metadata))
+                )
+        return messages, None
+
+    def _stream_ended(self) -> None:
+        self._protocol.receive_eof()
+        self._settle(CallStatus(Status.INTERNAL, "stream ended before the call's trailer"))
+
+    def _failed(self, exc: StreamError | ProtocolError) -> None:
+        """The call's status for a failure of its stream or of the server's frames."""
+        if isinstance(exc, MessageTooLargeError):
             self._settle(CallStatus(Status.RESOURCE_EXHAUSTED, _too_large(exc)))
             self._stream.abort(ResetCode.MESSAGE_TOO_LARGE)
-        except StreamResetError as exc:
-            self._stop_listening()
+        elif isinstance(exc, StreamResetError):
             status = status_for_reset_code(exc.code)
             text = "Cancelled" if status is Status.CANCELLED else f"stream reset ({exc.code:#x})"
             self._settle(CallStatus(int(status), text))
-        except ConnectionLostError as exc:
-            self._stop_listening()
+        elif isinstance(exc, ConnectionLostError):
             self._settle(CallStatus(Status.UNAVAILABLE, f"connection lost: {exc.reason}"))
-        except (StreamError, ProtocolError) as exc:
-            self._stop_listening()
+        else:
             self._settle(CallStatus(Status.INTERNAL, f"call stream failed: {exc}"))
-        finally:
-            self._pumping = False
 
     def _stop_listening(self) -> None:
         if self._listening:

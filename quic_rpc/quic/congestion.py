@@ -86,6 +86,8 @@ LOSS_CEILING_BETA = 0.7
 LOSS_FLOOR_GAIN = 1.25
 """The in-flight ceiling never drops below this many BDPs: the pacer sets the rate."""
 CEILING_GROWTH = 1.25
+PROBE_ROOM_GROWTH = 1.15
+"""A probe that raises the estimate this much means the model is far off: STARTUP again."""
 ACK_AGGREGATION_ROUNDS = 5
 SEND_QUANTUM_TIME = 0.001
 """The pacer releases bursts of up to this much time at the pacing rate…"""
@@ -151,6 +153,7 @@ class BBRCongestionControl(QuicCongestionControl):
         "_prior_cwnd",
         "_probe_rtt_done_at",
         "_probe_rtt_round_done",
+        "_probe_start_bw",
         "_refreshed_bw",
         "_rng",
         "_round_acked_packets",
@@ -171,6 +174,7 @@ class BBRCongestionControl(QuicCongestionControl):
         "pacing_gain",
         "round_count",
         "rounds_too_lossy",
+        "startup_restarts",
     )
 
     def __init__(self, *, max_datagram_size: int, rng: random.Random | None = None) -> None:
@@ -220,6 +224,9 @@ class BBRCongestionControl(QuicCongestionControl):
         self._cycle_index = 0
         self._cycle_stamp = 0.0
         self._cycle_lost = False
+        self._probe_start_bw = 0.0
+        self.startup_restarts = 0
+        """Times a probe found so much room that the rate was searched for anew."""
 
         # loss per round, and the in-flight ceiling it sets
         self._round_acked_packets = 0
@@ -288,6 +295,13 @@ class BBRCongestionControl(QuicCongestionControl):
             # period never dilutes a delivery-rate sample.
             self._first_sent_time = self._delivered_time = sent_time
         in_flight = self.bytes_in_flight = self.bytes_in_flight + size
+        pacer = self._pacer
+        if pacer is not None and pacer.ran_dry:
+            # This batch ended because the application had no more to send, with room
+            # left: its packets are application-limited too (a request/response flow
+            # sends every packet so; marked only afterwards, its samples would pass for
+            # the path's rate and end STARTUP at a fraction of it).
+            self._app_limited_until = max(self.delivered + in_flight, 1)
         packets = self._packets
         if len(packets) >= _SHRINK_AT:
             if len(packets) >= MAX_TRACKED_PACKETS:
@@ -302,7 +316,6 @@ class BBRCongestionControl(QuicCongestionControl):
             self._app_limited_until != 0,
             in_flight,
         )
-        pacer = self._pacer
         if pacer is not None and size < self._mds:
             pacer.on_packet_sent(size)
 
@@ -526,6 +539,7 @@ class BBRCongestionControl(QuicCongestionControl):
         self._cycle_stamp = now
         self._cycle_lost = False
         self.pacing_gain = PROBE_BW_GAINS[self._cycle_index]
+        self._probe_start_bw = self.max_bw if self.pacing_gain > 1.0 else 0.0
         self._refresh()
 
     def _update_cycle(self, now: float) -> None:
@@ -546,16 +560,48 @@ class BBRCongestionControl(QuicCongestionControl):
             self._advance_cycle(now)
 
     def _advance_cycle(self, now: float) -> None:
+        if self.pacing_gain < 1.0 and self._probe_found_room():
+            self._restart_startup()
+            return
         self._cycle_index = (self._cycle_index + 1) % len(PROBE_BW_GAINS)
         self._cycle_stamp = now
         self._cycle_lost = False
         self.pacing_gain = PROBE_BW_GAINS[self._cycle_index]
         if self.pacing_gain > 1.0:
+            self._probe_start_bw = self.max_bw
             # a new probe: raise a loss ceiling that the last cycle did not hit
             if self.inflight_hi is not None and not self._lossy_since_probe:
                 raised = int(self.inflight_hi * CEILING_GROWTH) + self._mds
                 self.inflight_hi = None if raised >= self._model_target() else raised
             self._lossy_since_probe = False
+        self._refresh()
+
+    def _probe_found_room(self) -> bool:
+        """The last probe (its packets are acknowledged by the end of the phase after
+        it) raised the estimate by ``PROBE_ROOM_GROWTH`` or more, with data to spare and
+        no loss: the path has room the model does not know of. This happens when the
+        estimate was made while the application sent little (many small calls, then a
+        bulk transfer on the same connection); a probe only gains 25 % per cycle, so
+        finding, say, 100x more would take seconds."""
+        start = self._probe_start_bw
+        self._probe_start_bw = 0.0
+        return (
+            start > 0.0
+            and not self._cycle_lost
+            and not self._last_sample_app_limited
+            and self.max_bw >= PROBE_ROOM_GROWTH * start
+        )
+
+    def _restart_startup(self) -> None:
+        """Find the path's rate again as at the start: exponential growth until it stops
+        growing (or a round loses too much), then drain and cruise."""
+        self.startup_restarts += 1
+        self.mode = BBRMode.STARTUP
+        self.filled_pipe = False
+        self._full_bw = self.max_bw
+        self._full_bw_count = 0
+        self.pacing_gain = STARTUP_GAIN
+        self.cwnd_gain = STARTUP_GAIN
         self._refresh()
 
     def _enter_probe_rtt(self) -> None:
@@ -716,6 +762,12 @@ class ModelPacer(QuicPacketPacer):
         in_flight = cc.bytes_in_flight + self._batch_built * mds
         self._grant_had_room = in_flight + mds <= cc.congestion_window
         return None
+
+    @property
+    def ran_dry(self) -> bool:
+        """The last send offered (with room in the window) built nothing: the sender is
+        out of data, so what it just sent is all the application had."""
+        return self._granted and self._grant_had_room
 
     def update_after_send(self, now: float) -> None:
         self._granted = False

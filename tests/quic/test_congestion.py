@@ -362,6 +362,40 @@ def test_app_limited_samples_do_not_lower_the_estimate() -> None:
     assert run(hook=False) < 0.5 * path.rate
 
 
+def test_small_calls_then_bulk_find_the_path_rate_quickly() -> None:
+    """A connection that first carries only small calls (every packet it sends is all
+    the application has) and then a bulk transfer: the small calls' samples must not end
+    STARTUP at a fraction of the path, so the transfer gets the path's rate at once."""
+    path = Path(rate_mbit=50, rtt=0.04, loss=0.01, seed=5)
+    sim = Sim(path)
+    sim.app_rate = 0.01 * path.rate
+    sim.run(4.0)
+    cc = _bbr(sim)
+    assert not cc.filled_pipe or cc.max_bw >= 0.8 * path.rate
+    sim.app_rate = None
+    sim.run(1.0)  # 25 round trips
+    assert cc.max_bw >= 0.8 * path.rate
+    assert sim.goodput(1.0) >= 0.8 * path.rate
+    sim.check_bookkeeping()
+
+
+def test_a_probe_that_finds_much_more_room_restarts_startup() -> None:
+    """Without the pacer hook nothing reports the quiet period, so the model settles at
+    the application's small rate; when a bulk transfer follows, a probe that raises the
+    estimate by 15 % or more sends it back to STARTUP rather than gaining 25 % a cycle."""
+    path = Path(rate_mbit=50, rtt=0.04, loss=0.01, seed=5)
+    sim = Sim(path, hook=False)
+    sim.app_rate = 0.01 * path.rate
+    sim.run(4.0)
+    cc = _bbr(sim)
+    assert cc.filled_pipe and cc.max_bw < 0.2 * path.rate
+    sim.app_rate = None
+    sim.run(1.5)  # about 37 round trips; 25 % per 8-round cycle would reach ~0.05x
+    assert cc.startup_restarts >= 1
+    assert cc.max_bw >= 0.8 * path.rate
+    sim.check_bookkeeping()
+
+
 def test_probe_rtt_after_ten_seconds_without_a_lower_rtt() -> None:
     # The path gets 5 ms longer after 1 s, so the minimum RTT seen first is never seen
     # again and expires after 10 s: PROBE_RTT drains to the minimum window, re-measures.
