@@ -247,7 +247,7 @@ def _lossy_notes(report: dict[str, Any]) -> list[str]:
         f"emulator (`benchmarks/linklab.py`): {_link_text(report)}. Packets seen by the "
         "link during each measurement (warm-up included), client→server / server→client. "
         "TCP CC = the TCP congestion control in the namespaces (the QUIC stacks use "
-        "their own, Reno by default).",
+        "their own, BBR by default; each result records it as quic_congestion_control).",
         "",
         "| stack | workload | TCP CC | packets | random loss | queue drops |",
         "|---|---|---|---|---|---|",
