@@ -528,34 +528,34 @@ class _StreamClientCall:
             task.add_done_callback(_retrieved)
             return
         self._done = True
+        self._end_request_side()
+        release(STREAM_LINGER)
+
+    def _end_request_side(self) -> bool:
+        """Reset our side if the request was not finished, else half-close it with the
+        next packet that goes out anyway. False if the stream cannot defer its end of
+        stream: then the caller sends it."""
         try:
             if not self._request_ended:
                 self._protocol.send_reset()
                 self._stream.reset(ResetCode.NO_ERROR)
-            else:
-                self._protocol.send_eof()
-                deferred()  # rides on the next call's packet (or the ACK)
+                return True
+            deferred = getattr(self._stream, "send_eof_deferred", None)
+            self._protocol.send_eof()
+            if deferred is None:
+                return False
+            deferred()  # rides on the next call's packet (or the ACK)
         except (StreamError, ProtocolError):
             pass
-        release(STREAM_LINGER)
+        return True
 
     async def _after_trailer(self) -> None:
         """Close our side, read the server's end of stream and release the stream."""
         self._done = True
         async with self._send_lock:
-            try:
-                if not self._request_ended:
-                    self._protocol.send_reset()
-                    self._stream.reset(ResetCode.NO_ERROR)
-                else:
-                    self._protocol.send_eof()
-                    deferred = getattr(self._stream, "send_eof_deferred", None)
-                    if deferred is not None:
-                        deferred()  # rides on the next call's packet (or the ACK)
-                    else:
-                        await self._stream.send_eof()
-            except (StreamError, ProtocolError):
-                pass
+            if not self._end_request_side():
+                with contextlib.suppress(StreamError, ProtocolError):
+                    await self._stream.send_eof()
         try:
             if not _at_end(self._stream):  # the server's end of stream usually came along
                 async with asyncio.timeout(STREAM_LINGER):
