@@ -48,6 +48,8 @@ from aioquic.quic.packet import (
     encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
+    pull_quic_transport_parameters,
+    push_quic_transport_parameters,
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
@@ -84,9 +86,15 @@ _MAX_REASON = 200
 _LONE_ACK_DELAY = 0.005
 """How long the ACK of a lone ack-eliciting 1-RTT packet (a request, a response) waits
 for a reply to carry it. aioquic acks after 1 ms, so any reply slower than that costs
-a separate ACK-only datagram each way. Well under the 25 ms max_ack_delay we advertise,
-so the peer's loss detection already allows for it; as soon as a second ack-eliciting
-packet is pending, aioquic's 1 ms schedule applies again (bulk transfers are unchanged)."""
+a separate ACK-only datagram each way. Under the max_ack_delay we advertise
+(``ADVERTISED_MAX_ACK_DELAY_MS``), so the peer's loss detection allows for it; as soon as
+a second ack-eliciting packet is pending, aioquic's 1 ms schedule applies again (bulk
+transfers are unchanged)."""
+ADVERTISED_MAX_ACK_DELAY_MS = 10
+"""The max_ack_delay transport parameter we send (aioquic sends 25 ms). We acknowledge
+within ``_LONE_ACK_DELAY`` (5 ms) plus event-loop lateness; the peer adds this value to
+every probe timeout, so advertising 25 ms made each loss that only a probe timeout
+detects (the last packet of a call) cost 15 ms more than it had to."""
 _POST_HANDSHAKE_CRYPTO_BUFFER = 4096
 _SHARED_EPOCH_SETS: dict[frozenset[Any], frozenset[Any]] = {}
 _APPLICATION_EPOCHS = (aioquic_tls.Epoch.ONE_RTT, aioquic_tls.Epoch.ZERO_RTT)
@@ -519,6 +527,15 @@ class EngineConnection(QuicConnection):
 
     def forget_stream(self, stream_id: int) -> None:
         self._consumed.pop(stream_id, None)
+
+    def _serialize_transport_parameters(self) -> bytes:
+        data: bytes = super()._serialize_transport_parameters()
+        params = pull_quic_transport_parameters(Buffer(data=data))
+        params.max_ack_delay = ADVERTISED_MAX_ACK_DELAY_MS
+        buf = Buffer(capacity=len(data) + 16)
+        push_quic_transport_parameters(buf, params)
+        out: bytes = buf.data
+        return out
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream

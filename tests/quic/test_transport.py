@@ -727,3 +727,18 @@ async def test_what_arrived_before_the_connection_was_lost_is_still_read(
         await cut.receive()
     hold.set()
     await server.stop()
+
+
+async def test_both_ends_learn_our_max_ack_delay(make_socket, server_creds, client_creds) -> None:
+    from quic_rpc.quic.engine import ADVERTISED_MAX_ACK_DELAY_MS
+
+    server, conn = await _pair(make_socket, server_creds, client_creds)
+    assert await request(conn, b"x") == b"x"
+    peer = server.connections[0]
+    for side in (conn, peer):
+        # the peer's probe timeouts allow for our ACK delay, not aioquic's 25 ms
+        assert side._engine._loss.max_ack_delay == ADVERTISED_MAX_ACK_DELAY_MS / 1000
+        # and the rest of the parameters made it through: the windows and stream limit
+        assert side._engine._remote_max_streams_bidi == QUICConfig().max_streams
+    await conn.aclose()
+    await server.stop()
