@@ -219,10 +219,10 @@ class _ServerCall:
     The request header is read and the handler run in the stream's own task (no extra
     task on the hot path); a reader task watches the rest of the request direction (more
     messages, the client's reset), unless the whole request came with the header and the
-    stream can report a reset by itself (``watch``). :meth:`fail` cancels the call: it fires the context's
-    signal and interrupts the stream's task while it is inside the header read or the
-    handler (``task.cancel()``, undone with ``task.uncancel()`` once caught, the way
-    ``asyncio.timeout`` does it).
+    stream can report a reset by itself (``watch``). :meth:`fail` cancels the call: it
+    fires the context's signal and interrupts the stream's task while it is inside the
+    header read or the handler (``task.cancel()``, undone with ``task.uncancel()`` once
+    caught, the way ``asyncio.timeout`` does it).
     """
 
     __slots__ = (
@@ -334,10 +334,10 @@ class _ServerCall:
         reader = self._reader
         linger = self._server.config.close_linger
         if self._watching:
-            self._watching = False
             if linger and not self._server._closing:
+                self._watching = False
                 self._stream.release(linger)  # type: ignore[attr-defined]  # watch() has it
-            return
+            return  # else _cleanup stops watching, and aclose() stops the peer's sending
         if (
             reader is None
             or reader.done()
