@@ -14,6 +14,7 @@ delay guarantees."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,17 @@ async def test_transfer_survives_a_blackhole(netlab: Lab, tmp_path: Path) -> Non
     await emu.stop()
 
 
+async def _binding_after_traffic(nl: NatLab, client_port: int) -> set[int]:
+    """rA's public ports for the client, once the client has sent something through it
+    (up to 10 s; empty if it never did)."""
+    for _ in range(200):
+        ports = nl.public_ports("rA", client_port)
+        if ports:
+            return ports
+        await asyncio.sleep(0.05)
+    return set()
+
+
 async def test_transfer_survives_nat_rebinding(
     nat_lab: Callable[..., NatLab], tmp_path: Path
 ) -> None:
@@ -247,7 +259,10 @@ async def test_transfer_survives_nat_rebinding(
     for _ in pauses:
         paused = await _read_until(client, {"paused"}, timeout=300)
         assert paused["event"] == "paused", (paused, client.describe())
-        bindings.append(nl.public_ports("rA", client_port))
+        # The client reports the pause once its writes reach that point. With a send
+        # buffer larger than what is left to the pause, they all fit in the buffer before
+        # a packet leaves, so the binding after a flush may appear a moment later.
+        bindings.append(await _binding_after_traffic(nl, client_port))
         assert len(bindings[-1]) == 1, nl.conntrack_entries("rA")
         # the NAT forgets every binding while the transfer is in progress
         nl.flush_conntrack("rA")
