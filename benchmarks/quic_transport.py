@@ -11,7 +11,7 @@ Each server runs in its own process; the client side runs here. Two measurements
   answers with the count. Throughput is N / time until the answer arrived.
 
 Variants: ``quicshift`` (this package, default QUICConfig), ``quicshift-loopback``
-(this package tuned for loopback: 16,000-byte datagrams, pacing off — not for real
+(this package tuned for loopback: 65,000-byte datagrams, pacing off — not for real
 networks), ``aioquic`` (``aioquic.asyncio.serve``/``connect``, 1,452-byte datagrams,
 same as our default), ``tcp-tls`` (asyncio streams with ssl). Results go to
 ``benchmarks/results/quic_transport.json`` with ratios to TCP+TLS.
@@ -48,7 +48,7 @@ def _quicshift_config(variant: str) -> Any:
     from quic_rpc.quic import QUICConfig
 
     if variant == "quicshift-loopback":
-        return QUICConfig(alpn=ALPN, max_datagram_size=16000, pacing=False)
+        return QUICConfig(alpn=ALPN, max_datagram_size=65000, pacing=False)
     return QUICConfig(alpn=ALPN)
 
 

@@ -13,7 +13,7 @@ The QUIC stacks use the congestion controller :data:`QUIC_CONGESTION_CONTROL` na
 (``QUICConfig``'s default unless the harness's ``--quic-cc`` sets it).
 
 ``native-quic`` runs with the default ``QUICConfig``, whose loopback profile applies here
-(peers on 127.0.0.1: 16,000-byte datagrams, no pacing). Not run by default
+(peers on 127.0.0.1: 65,000-byte datagrams, no pacing). Not run by default
 (``--stacks native-quic-1452``): ``native-quic-1452``, native QUIC with that profile
 turned off — 1,452-byte datagrams and pacing, as on every other path — to show what a
 connection across a real network pays on loopback.

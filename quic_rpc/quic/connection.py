@@ -222,7 +222,8 @@ class QUICConnection:
         return len(self._streams)
 
     def stats(self) -> Mapping[str, float]:
-        """Live statistics: rtt (smoothed/min/latest, seconds), cwnd, bytes, packets."""
+        """Live statistics: rtt (smoothed/min/latest, seconds), cwnd, bytes, packets, and
+        ``receive_window``, the connection-level flow-control window the peer gets."""
         out = self._engine.stats()
         out.update(
             bytes_received=float(self.bytes_received),

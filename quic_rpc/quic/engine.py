@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioquic import tls as aioquic_tls
-from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.buffer import Buffer, size_uint_var  # type: ignore[attr-defined]
 from aioquic.quic import connection as aioquic_connection
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
@@ -74,6 +74,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+_SHORT_LENGTH_MAX = 16383
+"""The largest length a two-byte varint holds."""
 
 events = quic_events
 """The engine's event classes (aioquic's ``quic.events``)."""
@@ -319,20 +322,30 @@ class EngineConnection(QuicConnection):
         self._verify = credentials.verify
         self._reset_key = reset_key
         self._stream_window = config.stream_window
+        self._max_stream_window = max(config.max_stream_window, config.stream_window)
         self._connection_window = config.connection_window
+        self._max_connection_window = max(config.max_connection_window, config.connection_window)
         self._consumed: dict[int, int] = {}
+        self._grown: dict[int, int] = {}
+        """Streams whose window grew past ``stream_window``: stream id -> window."""
+        self._credit_at: dict[int, float] = {}
+        """When each stream's credit last moved (only while it can still grow)."""
+        self._connection_credit_at: float | None = None
+        self._now = 0.0
         self._eliciting_unacked = 0
         """Ack-eliciting 1-RTT packets received since our last 1-RTT ACK."""
         self._first_eliciting_at = 0.0
         self._app_space: QuicPacketSpace | None = None
         self._share_frame_epochs()
         # Handshake datagrams are padded to the full datagram size (client Initials,
-        # path probes): with large datagrams (the loopback profile) that is 16 KB of
-        # padding to build, encrypt and parse per flight. ``handshake_datagram_size``
-        # (the path-independent size) is used until the handshake is confirmed.
+        # path probes): with large datagrams (the loopback profile) that is up to 64 KB
+        # of padding to build, encrypt and parse per flight. ``handshake_datagram_size``
+        # (the path-independent size) is used until the handshake is confirmed. Never
+        # above 16,383 bytes either: aioquic writes CRYPTO frame lengths in two bytes.
         self._full_datagram_size: int = self._max_datagram_size
         if handshake_datagram_size is not None:
             self._max_datagram_size = min(self._max_datagram_size, handshake_datagram_size)
+        self._max_datagram_size = min(self._max_datagram_size, _SHORT_LENGTH_MAX)
 
         # We only use bidirectional streams; the peer may have max_streams open at once.
         for limit, value in (
@@ -453,7 +466,12 @@ class EngineConnection(QuicConnection):
             "cwnd": float(loss.congestion_window),
             "bytes_in_flight": float(loss.bytes_in_flight),
             "packets_lost": float(self.packets_lost),
+            "receive_window": float(self._connection_window),
         }
+
+    def stream_receive_window(self, stream_id: int) -> int:
+        """The flow-control window the peer gets on ``stream_id`` (it may have grown)."""
+        return self._grown.get(stream_id, self._stream_window)
 
     # -- delayed ACKs that ride on the reply ---------------------------------------
 
@@ -514,10 +532,8 @@ class EngineConnection(QuicConnection):
         self.unread_total -= size
         stream = self._streams.get(stream_id)
         if stream is not None and stream.max_stream_data_local:
-            if (
-                consumed + self._stream_window - stream.max_stream_data_local
-                >= self._stream_window // 2
-            ):
+            window = self._grown.get(stream_id, self._stream_window)
+            if consumed + window - stream.max_stream_data_local >= window // 2:
                 return True
         limit = self._local_max_data
         return (
@@ -527,6 +543,23 @@ class EngineConnection(QuicConnection):
 
     def forget_stream(self, stream_id: int) -> None:
         self._consumed.pop(stream_id, None)
+        if self._credit_at:
+            self._credit_at.pop(stream_id, None)
+            self._grown.pop(stream_id, None)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        self._now = now  # for window growth, which runs while packets are built
+        result: list[tuple[bytes, Any]] = super().datagrams_to_send(now)
+        return result
+
+    def _window_outgrown(self, last: float | None) -> bool:
+        """Half a window was read within two round trips of the previous credit update:
+        the window, not the reader, is what limits the peer (RFC 9000 leaves the policy
+        to us; this is the rule Chromium's and quiche's auto-tuning use)."""
+        loss = self._loss
+        return (
+            last is not None and loss._rtt_initialized and self._now - last < 2 * loss._rtt_smoothed
+        )
 
     def _serialize_transport_parameters(self) -> bytes:
         data: bytes = super()._serialize_transport_parameters()
@@ -537,15 +570,78 @@ class EngineConnection(QuicConnection):
         out: bytes = buf.data
         return out
 
+    # -- STREAM frames longer than 16,383 bytes --------------------------------------
+
+    def _write_stream_frame(
+        self,
+        builder: QuicPacketBuilder,
+        space: QuicPacketSpace,
+        stream: QuicStream,
+        max_offset: int,
+    ) -> int:
+        """aioquic writes every STREAM frame's length as a two-byte varint, which caps a
+        frame, and so a datagram, at 16,383 bytes. This writes the same frame, with a
+        four-byte length when the packet has room for more, so that loopback datagrams
+        can approach 64 KiB (a quarter of the packets, and of the per-packet work, for a
+        bulk transfer). Returns the bytes of new (not retransmitted) data written."""
+        sender = stream.sender
+        stream_id = stream.stream_id
+        assert stream_id is not None  # only streams with an id are scheduled to send
+        offset = sender.next_offset
+        room = builder.remaining_flight_space
+        head = 1 + size_uint_var(stream_id) + (size_uint_var(offset) if offset else 0)
+        length_size = 4 if room - head - 2 > _SHORT_LENGTH_MAX else 2
+        overhead = head + length_size
+        highest = sender.highest_offset
+        frame = sender.get_frame(room - overhead, max_offset)
+        if frame is None:
+            return 0
+        data = frame.data
+        start = frame.offset
+        frame_type = QuicFrameType.STREAM_BASE | 2
+        if start:
+            frame_type |= 4
+        if frame.fin:
+            frame_type |= 1
+        buf = builder.start_frame(
+            frame_type,
+            capacity=overhead,
+            handler=sender.on_data_delivery,
+            handler_args=(start, start + len(data), frame.fin),
+        )
+        buf.push_uint_var(stream_id)
+        if start:
+            buf.push_uint_var(start)
+        if length_size == 2:
+            buf.push_uint16(len(data) | 0x4000)
+        else:
+            buf.push_uint32(len(data) | 0x80000000)
+        buf.push_bytes(data)
+        logged = builder.quic_logger_frames
+        if self._quic_logger is not None and logged is not None:
+            logged.append(self._quic_logger.encode_stream_frame(frame, stream_id=stream_id))
+        grown: int = sender.highest_offset - highest
+        return grown
+
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
         stream_id = stream.stream_id
         if stream_id is None or not stream.max_stream_data_local or stream.receiver.is_finished:
             return
-        target = self._consumed.get(stream_id, 0) + self._stream_window
-        if target - stream.max_stream_data_local >= self._stream_window // 2:
-            stream.max_stream_data_local = target
+        window = self._grown.get(stream_id, self._stream_window)
+        consumed = self._consumed.get(stream_id, 0)
+        if consumed + window - stream.max_stream_data_local >= window // 2:
+            if window < self._max_stream_window:
+                if self._window_outgrown(self._credit_at.get(stream_id)):
+                    window = self._grown[stream_id] = min(2 * window, self._max_stream_window)
+                    # the connection's window keeps room for one and a half of these
+                    self._connection_window = min(
+                        max(self._connection_window, window + window // 2),
+                        self._max_connection_window,
+                    )
+                self._credit_at[stream_id] = self._now
+            stream.max_stream_data_local = consumed + window
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
@@ -559,9 +655,15 @@ class EngineConnection(QuicConnection):
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
-        target = max_data.used - self.unread_total + self._connection_window
-        if target - max_data.value >= self._connection_window // 2:
-            max_data.value = target
+        read = max_data.used - self.unread_total
+        if read + self._connection_window - max_data.value >= self._connection_window // 2:
+            if self._connection_window < self._max_connection_window:
+                if self._window_outgrown(self._connection_credit_at):
+                    self._connection_window = min(
+                        2 * self._connection_window, self._max_connection_window
+                    )
+                self._connection_credit_at = self._now
+            max_data.value = read + self._connection_window
         for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
             if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
                 continue  # batch MAX_STREAMS until the peer is running short

@@ -45,6 +45,11 @@ _UDP_GRO = 104
 _MAX_GSO_SEGMENTS = 64
 _MAX_GSO_BYTES = 65000
 _RECV_BATCH = 256
+_RECV_BUDGET = 256 * 1024
+"""Bytes read per wake-up at most. Reading everything queued (up to the socket buffer,
+megabytes under a bulk upload) before readers run means credit only goes back once a
+whole window has arrived, and the sender idles meanwhile; a bounded batch lets readers
+consume, and MAX_STREAM_DATA leave, while the rest of the window is still arriving."""
 _SEND_QUEUE_LIMIT = 4096
 _RESET_RATE = 100  # stateless resets per second at most
 _MIN_INITIAL_SIZE = 1200
@@ -418,7 +423,10 @@ class QUICSocket:
             return
         now = self._loop.time()
         gro = self._gro
+        budget = _RECV_BUDGET
         for _ in range(_RECV_BATCH):
+            if budget <= 0:
+                break  # the socket stays readable: the loop calls again after readers ran
             try:
                 if gro:
                     data, ancdata, _flags, addr = sock.recvmsg(65536, _GRO_CMSG_SPACE)
@@ -429,6 +437,7 @@ class QUICSocket:
             except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                 _log.debug("recvfrom on %r: %s", self, exc)
                 continue
+            budget -= len(data)
             if gro and ancdata:
                 segment = _gro_segment_size(ancdata)
                 if 0 < segment < len(data):

@@ -91,6 +91,12 @@ class QUICStream:
         return self._recv_buffered
 
     @property
+    def receive_window(self) -> int:
+        """Bytes the peer may send ahead of ``receive()``: ``QUICConfig.stream_window``,
+        or more once the window grew (see ``QUICConfig.max_stream_window``)."""
+        return self._conn._engine.stream_receive_window(self.stream_id)
+
+    @property
     def buffered_send(self) -> int:
         """Bytes handed to the engine and not yet acknowledged by the peer."""
         return self._conn._engine.stream_send_buffered(self.stream_id)

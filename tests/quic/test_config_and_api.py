@@ -106,9 +106,13 @@ def test_config_defaults_are_valid() -> None:
         {"max_connections": 0},
         {"max_streams": 0},
         {"max_datagram_size": 1199},
-        {"max_datagram_size": 16384},
+        {"max_datagram_size": 65508},
         {"stream_window": 1024},
         {"connection_window": 64 * 1024, "stream_window": 128 * 1024},
+        {"max_stream_window": 1024},
+        {"max_stream_window": (1 << 30) + 1},
+        {"max_connection_window": 1024},
+        {"max_connection_window": 2.0**25},
         {"stream_send_buffer": 10},
         {"congestion_control": "vegas"},
         {"retry": 1},
@@ -196,11 +200,11 @@ def test_loopback_profile_applies_to_loopback_peers_only(host: str, loopback: bo
     config = QUICConfig()
     chosen = config_for_peer(config, host)
     if loopback:
-        assert (chosen.max_datagram_size, chosen.pacing) == (16000, False)
+        assert (chosen.max_datagram_size, chosen.pacing) == (65000, False)
         assert config_for_peer(config, host) is chosen  # one shared object per config
     else:
         assert chosen is config
     off = QUICConfig(loopback_datagram_size=None)
     assert config_for_peer(off, host) is off
     with pytest.raises(ConfigError):
-        QUICConfig(loopback_datagram_size=20000)
+        QUICConfig(loopback_datagram_size=65508)

@@ -599,7 +599,7 @@ MiB = 1024 * 1024
 
 @pytest.mark.parametrize(
     "loopback_datagram_size",
-    [16000, None],  # the loopback profile (no pacing), and 1,452 bytes with pacing
+    [65000, None],  # the loopback profile (no pacing), and 1,452 bytes with pacing
     ids=["loopback-profile", "paced-1452"],
 )
 async def test_transfer_with_bbr_is_intact(

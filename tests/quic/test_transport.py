@@ -149,7 +149,7 @@ async def test_64_mib_one_stream_intact_bounded_memory(
     assert received_digest == digest.digest()
     assert await read_all(stream) == b"ok"
     assert peak_send <= config.stream_send_buffer
-    assert peak_receive <= config.stream_window
+    assert peak_receive <= config.max_stream_window  # the window may grow, never past this
     assert peak_rss - baseline < 64 * MiB
     await conn.aclose()
     await server.stop()
@@ -251,6 +251,141 @@ async def test_backpressure_paused_reader_blocks_writer(
     await asyncio.wait_for(task, 60)
     received, _ = await done
     assert received == total
+    await conn.aclose()
+    await server.stop()
+
+
+@pytest.mark.parametrize("size", [16383, 16384, 40000, 65000])
+async def test_datagrams_past_two_byte_frame_lengths(
+    make_socket, server_creds, client_creds, size: int
+) -> None:
+    """STREAM frames longer than 16,383 bytes carry a four-byte length; the data arrives
+    intact in datagrams of the configured size, while the handshake's stay within two-byte
+    CRYPTO frame lengths."""
+    result: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        result.set_result(await hash_reader(stream))
+        await stream.send(b"ok")
+
+    config = QUICConfig(max_datagram_size=size, loopback_datagram_size=None, pacing=False)
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
+    handshake = conn.stats()
+    assert handshake["bytes_sent"] <= 16383 * handshake["datagrams_sent"]
+    stream = await conn.open_stream()
+    block = os.urandom(MiB)
+    digest = hashlib.sha256()
+    for index in range(8):
+        data = chunk(index, MiB, block)
+        digest.update(data)
+        await stream.send(data)
+    await stream.send_eof()
+    total, received = await asyncio.wait_for(result, 60)
+    assert (total, received) == (8 * MiB, digest.digest())
+    assert await read_all(stream) == b"ok"
+    stats = conn.stats()
+    sent = stats["bytes_sent"] - handshake["bytes_sent"]
+    datagrams = stats["datagrams_sent"] - handshake["datagrams_sent"]
+    assert size * 0.9 < sent / datagrams <= size  # full-size datagrams, none larger
+    await conn.aclose()
+    await server.stop()
+
+
+_SMALL_WINDOWS = QUICConfig(
+    stream_window=64 * 1024,
+    connection_window=256 * 1024,
+    max_stream_window=1 * MiB,
+    max_connection_window=2 * MiB,
+)
+
+
+async def test_receive_window_grows_for_a_reader_that_keeps_up(
+    make_socket, server_creds, client_creds
+) -> None:
+    """A reader that drains each half window within two round trips is held back by the
+    window, not by itself: the window doubles, up to the maximum, as does the
+    connection's (which keeps room for one and a half stream windows)."""
+    seen: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        assert isinstance(stream, QUICStream)
+        peak = total = 0
+        while data := await stream.receive():
+            total += len(data)
+            peak = max(peak, stream.receive_window)
+        window = stream.receive_window
+        seen.set_result((total, max(peak, window)))
+        await stream.send(b"ok")
+
+    config = _SMALL_WINDOWS
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
+    stream = await conn.open_stream()
+    piece = os.urandom(64 * 1024)
+    for _ in range(256):  # 16 MiB
+        await stream.send(piece)
+    await stream.send_eof()
+    total, peak = await asyncio.wait_for(seen, 60)
+    connection_window = server.connections[0].stats()["receive_window"]
+    assert total == 16 * MiB
+    assert config.stream_window < peak <= config.max_stream_window
+    assert peak & (peak - 1) == 0  # doubled from a power of two
+    assert config.connection_window <= connection_window <= config.max_connection_window
+    assert connection_window >= min(peak + peak // 2, config.max_connection_window)
+    assert await read_all(stream) == b"ok"
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_receive_window_stays_put_for_a_slow_reader(
+    make_socket, server_creds, client_creds
+) -> None:
+    """The same upload to a reader that takes 16 KiB every 20 ms: the peer waits on the
+    window all along, but the reader is the limit, so the window must not grow (it would
+    only buffer more for a reader that cannot keep up)."""
+    seen: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ByteStream) -> None:
+        assert isinstance(stream, QUICStream)
+        total = peak_buffered = 0
+        while data := await stream.receive(16 * 1024):
+            total += len(data)
+            peak_buffered = max(peak_buffered, stream.buffered_receive)
+            assert stream.receive_window == _SMALL_WINDOWS.stream_window
+            await asyncio.sleep(0.02)
+        seen.set_result((total, peak_buffered))
+
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler, _SMALL_WINDOWS)
+    stream = await conn.open_stream()
+    await stream.send(os.urandom(512 * 1024))
+    await stream.send_eof()
+    total, peak_buffered = await asyncio.wait_for(seen, 60)
+    assert total == 512 * 1024
+    assert 0 < peak_buffered <= _SMALL_WINDOWS.stream_window
+    assert conn.stats()["receive_window"] == _SMALL_WINDOWS.connection_window
+    await conn.aclose()
+    await server.stop()
+
+
+async def test_receive_window_growth_off_when_maximum_is_the_window(
+    make_socket, server_creds, client_creds
+) -> None:
+    windows: list[int] = []
+
+    async def handler(stream: ByteStream) -> None:
+        assert isinstance(stream, QUICStream)
+        while await stream.receive():
+            windows.append(stream.receive_window)
+        await stream.send(b"ok")
+
+    config = QUICConfig(
+        stream_window=64 * 1024, connection_window=256 * 1024, max_stream_window=16 * 1024
+    )
+    server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
+    stream = await conn.open_stream()
+    await stream.send(os.urandom(4 * MiB))
+    await stream.send_eof()
+    assert await asyncio.wait_for(read_all(stream), 60) == b"ok"
+    assert windows and set(windows) == {64 * 1024}
     await conn.aclose()
     await server.stop()
 
