@@ -20,7 +20,8 @@
   started on it meanwhile (the two ends' timers are independent) was not processed, so
   the peer's RPC client sends it again, and its manager gives or dials a new
   connection for it. A connection on which the peer refuses a stream (it is closing
-  it, or stopping) is retired: no longer handed out, closed once its calls are done.
+  it, or stopping) is retired: no longer handed out, closed once its calls are done
+  (or, if the manager stops first, with the others under the stop's grace).
   Stubs of retired or so-closed connections keep working: their new calls go to the
   node's current connection (:meth:`successor`).
 * ``await stop()`` cancels dials, closes every connection and leaves no task or timer.
@@ -147,7 +148,8 @@ class NodeConnectionManager:
         self._connections: OrderedDict[NodeId, NodeConnection] = OrderedDict()
         self._dials: dict[NodeId, asyncio.Task[NodeConnection]] = {}
         self._timers: dict[NodeId, asyncio.TimerHandle] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        # connections no longer held, each closing in a task of its own
+        self._closing: dict[asyncio.Task[None], NodeConnection] = {}
         self._stopped = False
         self.dials_started = 0
         """How many dials (handshakes) this manager has started."""
@@ -465,8 +467,11 @@ class NodeConnectionManager:
 
     def _close_later(self, conn: NodeConnection, grace: float | None = 0.0) -> None:
         task = self._loop.create_task(conn.close(grace))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._closing[task] = conn
+        task.add_done_callback(self._closing_done)
+
+    def _closing_done(self, task: asyncio.Task[None]) -> None:
+        self._closing.pop(task, None)
 
     # -- closing ---------------------------------------------------------------------
 
@@ -479,7 +484,8 @@ class NodeConnectionManager:
 
     async def stop(self, grace: float | None = None) -> None:
         """Cancel dials and close every connection (in-flight calls get ``grace``
-        seconds, default ``config.close_grace``). Idempotent."""
+        seconds, default ``config.close_grace``), the retired ones still closing too.
+        Idempotent."""
         self._stopped = True
         grace = self.config.close_grace if grace is None else grace
         dials = list(self._dials.values())
@@ -490,7 +496,8 @@ class NodeConnectionManager:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        conns = list(self._connections.values())
+        # those closing already (retired) close by this grace too, if it ends sooner
+        conns = [*self._connections.values(), *self._closing.values()]
         self._connections.clear()
         if conns:
             await asyncio.gather(*(c.close(grace) for c in conns), return_exceptions=True)

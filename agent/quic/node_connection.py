@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Final, Literal
 
@@ -225,7 +226,9 @@ class NodeConnection:
         self._client = RPCClient(_NodeOpener(self), config=rpc_config)
         self._stub: Any = AgentServiceStub(self._client)
         self._health: Any = health_stub(self._client)
-        self._closing: asyncio.Task[None] | None = None
+        # graceful closes under way, each with an earlier deadline than the one before
+        self._closing: list[asyncio.Future[None]] = []
+        self._close_deadline = math.inf
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "retired" if self._retired else "open"
@@ -493,15 +496,22 @@ class NodeConnection:
             self._on_activity(self)
 
     async def close(self, grace: float | None = 0.0) -> None:
-        """Close the connection; calls still running after ``grace`` seconds (None: the
-        QUIC config's ``graceful_stop_timeout``) fail with UNAVAILABLE. Idempotent;
-        concurrent closers wait for the same close."""
-        if self._closing is None:
+        """Close the connection once no call runs on it; calls still running after
+        ``grace`` seconds (None: the QUIC config's ``graceful_stop_timeout``) fail with
+        UNAVAILABLE. Idempotent; concurrent closers wait for the same close, and one
+        whose deadline is earlier than the close under way brings it forward (None
+        counts as the latest)."""
+        deadline = math.inf if grace is None else self._loop.time() + grace
+        if not self._closing or deadline < self._close_deadline:
             _log.debug("closing %r (grace %s, %d streams open)", self, grace, self.active_streams)
-            self._closing = asyncio.ensure_future(
-                self._connection.aclose(grace, reason="node connection closed")
+            self._close_deadline = deadline
+            self._closing.append(
+                asyncio.ensure_future(
+                    self._connection.aclose(grace, reason="node connection closed")
+                )
             )
-        await asyncio.shield(self._closing)
+        for closing in list(self._closing):
+            await asyncio.shield(closing)
 
     async def __aenter__(self) -> NodeConnection:
         return self

@@ -28,6 +28,7 @@ from .codec import (
 from .config import RPCClientConfig, RPCServerConfig
 from .context import CallContext, CancellationSignal, ServerCallContext
 from .errors import (
+    CallRefusedError,
     HeaderTooLargeError,
     InvalidMetadataError,
     LocalProtocolError,
@@ -76,6 +77,7 @@ __all__ = [
     "CallInput",
     "CallKind",
     "CallProtocol",
+    "CallRefusedError",
     "CallStateMachine",
     "CancellationSignal",
     "ClientCall",

@@ -11,7 +11,7 @@ import quic_rpc.rpc as rpc
 
 PUBLIC_API = {
     "PROTOCOL_VERSION", "BytesSerializer", "CallContext", "CallDetails", "CallInput",
-    "CallKind", "CallProtocol", "CallStateMachine", "CancellationSignal", "ClientCall",
+    "CallKind", "CallProtocol", "CallRefusedError", "CallStateMachine", "CancellationSignal", "ClientCall",
     "ClientStreamingCall", "DuplexCall", "Event", "FrameDecoder", "FrameType", "Handler",
     "HeaderTooLargeError", "InvalidMetadataError", "JSONSerializer", "LocalProtocolError",
     "Manifest", "MessageReceived", "MessageTooLargeError", "Metadata", "MetadataLike",
@@ -37,6 +37,17 @@ def test_public_api_is_pinned() -> None:
     assert len(rpc.__all__) == len(set(rpc.__all__))
     for name in rpc.__all__:
         assert getattr(rpc, name) is not None
+
+
+def test_call_refused_error_is_exported() -> None:
+    from quic_rpc.rpc import CallRefusedError, RPCError, Status
+    from quic_rpc.rpc.errors import CallRefusedError as FromErrors
+
+    assert CallRefusedError is FromErrors
+    assert issubclass(CallRefusedError, RPCError)
+    err = CallRefusedError("refused")
+    assert isinstance(err, RPCError)
+    assert err.status is Status.UNAVAILABLE and err.details == "refused"
 
 
 def test_status_codes_match_grpc_numbers() -> None:
