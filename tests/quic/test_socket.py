@@ -255,6 +255,40 @@ async def test_unrouted_datagrams_reach_callback(make_socket: SocketFactory) -> 
     assert data == b"\x41custom"
 
 
+async def test_a_wake_up_reads_a_bounded_batch(make_socket: SocketFactory) -> None:
+    """With a megabyte queued on the socket, one wake-up reads at most about 256 KiB and
+    lets the loop run (readers consume, credit goes back) before reading on; reading all
+    of it first made bulk transfers run stop-and-wait, a window at a time."""
+    import socket as pysocket
+
+    receiver = await make_socket()
+    ticks = 0
+    per_tick: dict[int, int] = {}
+    total = 64 * 16 * 1024
+
+    def on_unrouted(data: bytes, addr: object) -> None:
+        per_tick[ticks] = per_tick.get(ticks, 0) + len(data)
+
+    receiver.on_unrouted = on_unrouted
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    with pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM) as sender:
+        for i in range(64):  # queued before the loop gets to read any of it
+            sender.sendto(b"\x00" + bytes([i]) * (16 * 1024 - 1), receiver.local_address)
+    counting = asyncio.create_task(ticker())
+    try:
+        await wait_for_condition(lambda: sum(per_tick.values()) == total)
+    finally:
+        counting.cancel()
+    assert max(per_tick.values()) <= 320 * 1024, per_tick  # 256 KiB, + one GRO batch
+    assert len(per_tick) >= 4
+
+
 async def test_retry_address_validation(
     make_socket: SocketFactory, server_creds, client_creds
 ) -> None:
