@@ -68,7 +68,10 @@ class QUICConfig:
       percent of its packets lowers its ceiling). See :mod:`quic_rpc.quic.congestion`.
       The default is ``"bbr"``: across a 40 ms path with 1 % random loss it carries
       43-46 Mbit/s of a 50 Mbit/s link (what TCP with BBR gets) where Reno and CUBIC
-      carry about 3.
+      carry about 3. Like TCP's BBR, it takes most of a bottleneck it shares with CUBIC
+      flows (84% in ``python -m benchmarks.fairness``, TCP BBR 92%); where an even
+      split with loss-based traffic matters more than throughput under random loss,
+      use ``"cubic"``.
     * ``pacing`` — pace sends by the congestion controller's rate. Turning it off
       only makes sense on loopback or a private LAN.
     * ``gso`` — use Linux UDP segmentation offload when the kernel supports it.
