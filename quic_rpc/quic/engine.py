@@ -620,8 +620,8 @@ class EngineConnection(QuicConnection):
         logged = builder.quic_logger_frames
         if self._quic_logger is not None and logged is not None:
             logged.append(self._quic_logger.encode_stream_frame(frame, stream_id=stream_id))
-        grown: int = sender.highest_offset - highest
-        return grown
+        new_bytes: int = sender.highest_offset - highest
+        return new_bytes
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
