@@ -53,7 +53,7 @@ FORWARD: Final = 0x01
 DELIVER: Final = 0x02
 _HEADER: Final = 1 + NODE_ID_LENGTH
 _DATAGRAM_OVERHEAD: Final = 64
-"""What ``QUICConnection.send_datagram`` keeps free of ``max_datagram_size``."""
+"""What ``QUICConnection.send_datagram`` keeps free of the datagram size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +146,10 @@ class RelayService:
         self._socket = socket
         self._node_id = node_id
         self._get_connection = get_connection
-        self._fragment_size = quic_config.max_datagram_size - _DATAGRAM_OVERHEAD - _HEADER
+        # fragments must fit the carrier connection from its first packet, before path
+        # MTU discovery has proved anything larger
+        size = quic_config.guaranteed_datagram_size
+        self._fragment_size = size - _DATAGRAM_OVERHEAD - _HEADER
         self.enabled = quic_config.datagrams
         self.config = config if config is not None else RelayConfig()
         self._clock = clock

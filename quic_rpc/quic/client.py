@@ -7,7 +7,7 @@ import inspect
 import ipaddress
 
 from ..streams import StreamHandler
-from .config import QUICConfig, config_for_peer
+from .config import QUICConfig, config_for_peer, pmtu_ceiling
 from .connection import QUICConnection
 from .engine import ClientResumption, EngineConnection
 from .errors import HandshakeError
@@ -76,6 +76,7 @@ async def connect(
             cache, key, config.session_ticket_lifetime, offer=offer, identity=identity
         )
     handshake_size = config.max_datagram_size
+    ceiling = pmtu_ceiling(config, addr[0], addr[1])
     config = config_for_peer(config, addr[0])
     engine = EngineConnection(
         config=config,
@@ -85,6 +86,7 @@ async def connect(
         server_name=server_name,
         resumption=resumption,
         handshake_datagram_size=handshake_size,
+        pmtu_ceiling=ceiling,
     )
     conn = QUICConnection(socket, engine, config, stream_handler=stream_handler)
     socket._add_connection(conn, [engine.host_cid])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import ConfigError
+from .pmtu import BASE_DATAGRAM_SIZE, route_mtu
 
 __all__ = ["DEFAULT_ALPN", "MAX_DATAGRAM_SIZE_LIMIT", "MIN_DATAGRAM_SIZE", "QUICConfig"]
 
@@ -54,9 +55,21 @@ class QUICConfig:
       buffer for about two round trips, so on a lossy long path a smaller buffer, not
       the congestion controller, caps a bulk transfer). Memory is only taken as data
       waits, so idle and small-call streams do not pay for it.
-    * ``max_datagram_size`` — UDP payload size (1,200..65,507; LANs with jumbo frames
-      can use more than the 1,452 default). Handshake datagrams stay at most 16,383
-      bytes.
+    * ``max_datagram_size`` — the largest UDP payload a connection sends (1,200..65,507;
+      1,452 by default, which a 1,500-byte Ethernet path carries; LANs with jumbo
+      frames can allow more). With ``pmtu_discovery`` it is the ceiling of the search,
+      otherwise the size every datagram is padded or filled to. Handshake datagrams
+      stay at most 16,383 bytes.
+    * ``pmtu_discovery`` — path MTU discovery (RFC 8899; :mod:`quic_rpc.quic.pmtu`).
+      Sockets always set Don't Fragment, as RFC 9000 requires, so a datagram larger
+      than the path carries is dropped rather than fragmented. With discovery on (the
+      default), a connection starts with 1,200-byte datagrams, which every QUIC path
+      carries, and after the handshake probes up to ``max_datagram_size`` (capped by
+      the local route's MTU): a path through a VPN or tunnel gets the largest size it
+      carries, and a jumbo-frame LAN gets large datagrams when ``max_datagram_size``
+      allows them. Off, every connection uses ``max_datagram_size`` from its first
+      packet, which must then fit every path it is used on. Loopback peers with the
+      loopback profile (below) need no discovery.
     * ``retry`` — the server validates client addresses with a Retry round trip.
     * ``graceful_stop_timeout`` — default deadline for in-flight streams on stop/close.
     * ``datagrams`` — enable unreliable datagrams (RFC 9221).
@@ -115,6 +128,7 @@ class QUICConfig:
     max_stream_window: int = 16 * _MIB
     stream_send_buffer: int = 4 * _MIB
     max_datagram_size: int = 1452
+    pmtu_discovery: bool = True
     retry: bool = False
     graceful_stop_timeout: float = 5.0
     datagrams: bool = False
@@ -168,9 +182,17 @@ class QUICConfig:
             )
         if self.congestion_control not in ("reno", "cubic", "bbr"):
             raise ConfigError("congestion_control must be 'reno', 'cubic' or 'bbr'")
-        for name in ("retry", "datagrams", "pacing", "gso", "session_resumption"):
+        for name in ("retry", "datagrams", "pacing", "gso", "session_resumption", "pmtu_discovery"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool")
+
+    @property
+    def guaranteed_datagram_size(self) -> int:
+        """The datagram size a connection can send at from its first packet: 1,200 with
+        ``pmtu_discovery`` (the path may carry more once probed), otherwise
+        ``max_datagram_size``. What carriers of fixed-size unreliable datagrams (such as
+        relay fragments) should size them by."""
+        return MIN_DATAGRAM_SIZE if self.pmtu_discovery else self.max_datagram_size
 
 
 def _positive_time(name: str, value: object) -> None:
@@ -203,6 +225,20 @@ def _loopback_profile(config: QUICConfig) -> QUICConfig:
     assert size is not None
     size = max(size, config.max_datagram_size)  # the profile never shrinks datagrams
     return dataclasses.replace(config, max_datagram_size=size, pacing=False)
+
+
+def pmtu_ceiling(config: QUICConfig, host: str, port: int) -> int | None:
+    """The largest datagram path MTU discovery tries towards ``(host, port)``, or None
+    where the connection does not search (discovery off, or the loopback profile)."""
+    if not config.pmtu_discovery:
+        return None
+    if config.loopback_datagram_size is not None and _is_loopback(host):
+        return None
+    ceiling = config.max_datagram_size
+    route = route_mtu(host, port)
+    if route is not None:
+        ceiling = min(ceiling, route)
+    return max(ceiling, BASE_DATAGRAM_SIZE)
 
 
 def _is_loopback(host: str) -> bool:

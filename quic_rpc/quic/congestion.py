@@ -59,6 +59,7 @@ __all__ = [
     "BBRMode",
     "ModelPacer",
     "install_pacer",
+    "set_datagram_size",
 ]
 
 BBR_NAME = "bbr"
@@ -803,6 +804,32 @@ def install_pacer(recovery: QuicPacketRecovery, *, paced: bool = True) -> bool:
         return False
     recovery._pacer = ModelPacer(controller, paced=paced)
     return True
+
+
+def set_datagram_size(recovery: QuicPacketRecovery, size: int, *, initial: bool = False) -> None:
+    """``recovery``'s connection now sends datagrams of ``size`` bytes (path MTU
+    discovery proved a new size, or fell back): size the controller's per-packet
+    quantities (minimum window, increments) and the pacer's charge per packet by it. A
+    pacer charging a larger size than the packets have would pace at a fraction of the
+    rate. ``initial``: nothing was sent yet, so the initial window follows too
+    (RFC 9002 section 7.2: at most ten datagrams)."""
+    cc = recovery._cc
+    if isinstance(cc, BBRCongestionControl):
+        cc._mds = size
+        cc._min_cwnd = MIN_WINDOW_PACKETS * size
+        cc._initial_cwnd = K_INITIAL_WINDOW * size
+        if initial:
+            cc._bdp = cc._target = cc._initial_cwnd
+    else:
+        if hasattr(cc, "_max_datagram_size"):
+            cc._max_datagram_size = size
+        if hasattr(cc, "additive_increase_factor"):  # CUBIC's Reno-friendly region
+            cc.additive_increase_factor = size
+    if initial:
+        cc.congestion_window = K_INITIAL_WINDOW * size
+    pacer = recovery._pacer
+    if hasattr(pacer, "_max_datagram_size"):
+        pacer._max_datagram_size = size
 
 
 register_congestion_control(BBR_NAME, BBRCongestionControl)

@@ -268,6 +268,16 @@ class QUICConnection:
         self._streams[stream_id] = stream
         return stream
 
+    @property
+    def max_datagram_payload(self) -> int:
+        """The largest unreliable datagram :meth:`send_datagram` takes now: it grows
+        when path MTU discovery proves a larger size, and shrinks if the path does.
+        0 when datagrams are off or the peer does not accept them."""
+        limit = self._engine.peer_max_datagram_frame_size
+        if not self._config.datagrams or limit is None:
+            return 0
+        return max(0, min(limit, self._engine.datagram_size - 64))
+
     def send_datagram(self, data: bytes) -> None:
         """Send an unreliable datagram (RFC 9221); needs ``QUICConfig.datagrams``."""
         self._check_usable()
@@ -276,8 +286,11 @@ class QUICConnection:
         limit = self._engine.peer_max_datagram_frame_size
         if limit is None:
             raise DatagramError("the peer does not accept datagrams")
-        if len(data) > min(limit, self._config.max_datagram_size - 64):
-            raise DatagramError(f"datagram of {len(data)} bytes is too large")
+        room = self.max_datagram_payload
+        if len(data) > room:
+            raise DatagramError(
+                f"datagram of {len(data)} bytes is too large (at most {room} on this path now)"
+            )
         self._engine.send_datagram_frame(bytes(data))
         self._schedule_flush()
 

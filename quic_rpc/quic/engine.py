@@ -25,7 +25,7 @@ import hmac
 import inspect
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,14 +51,15 @@ from aioquic.quic.packet import (
     pull_quic_transport_parameters,
     push_quic_transport_parameters,
 )
-from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
 
 from .config import QUICConfig
-from .congestion import install_pacer
+from .congestion import install_pacer, set_datagram_size
+from .pmtu import BASE_DATAGRAM_SIZE, PathMTUSearch
 from .recovery import limit_probe_backoff
 from .tls import ServerSessionStore, SessionCache, TLSCredentials, _ClientSession, _ServerSession
 
@@ -77,6 +78,16 @@ _log = logging.getLogger(__name__)
 
 _SHORT_LENGTH_MAX = 16383
 """The largest length a two-byte varint holds."""
+
+_BLACK_HOLE_PTOS = 2
+"""Probe timeouts in a row after which path MTU discovery suspects a black hole."""
+
+_BLACK_HOLE_BURSTS = 4
+"""Loss events losing packets above the base size, with none of those acknowledged in
+between, after which path MTU discovery assumes a black hole."""
+
+_DATAGRAM_FRAME_OVERHEAD = 64
+"""Room a DATAGRAM frame leaves for the packet around it (as ``send_datagram`` checks)."""
 
 events = quic_events
 """The engine's event classes (aioquic's ``quic.events``)."""
@@ -274,6 +285,7 @@ class EngineConnection(QuicConnection):
         resumption: ClientResumption | None = None,
         session_store: ServerSessionStore | None = None,
         handshake_datagram_size: int | None = None,
+        pmtu_ceiling: int | None = None,
     ) -> None:
         self._resumption = resumption if is_client else None
         self._session_store = session_store if not is_client else None
@@ -346,6 +358,21 @@ class EngineConnection(QuicConnection):
         if handshake_datagram_size is not None:
             self._max_datagram_size = min(self._max_datagram_size, handshake_datagram_size)
         self._max_datagram_size = min(self._max_datagram_size, _SHORT_LENGTH_MAX)
+        # Path MTU discovery (see .pmtu): the path is only known to carry 1,200 bytes,
+        # so the handshake and everything until a probe proves more use that size.
+        self._pmtu: PathMTUSearch | None = None
+        self._pmtu_probe: int | None = None
+        """The packet number of the probe in flight."""
+        self._pto_run = 0
+        """Probe timeouts since the largest acknowledged packet last moved."""
+        self._pto_acked_mark = -1
+        self._large_loss_bursts = 0
+        """Loss events with packets above the base size since one was acknowledged."""
+        self._pmtu_host: str | None = None
+        """The peer IP address the search is for."""
+        if pmtu_ceiling is not None:
+            self._pmtu = PathMTUSearch(ceiling=min(pmtu_ceiling, self._full_datagram_size))
+            self._full_datagram_size = self._max_datagram_size = self._pmtu.size
 
         # We only use bidirectional streams; the peer may have max_streams open at once.
         for limit, value in (
@@ -368,16 +395,40 @@ class EngineConnection(QuicConnection):
             packets = kwargs.get("packets")
             if packets is not None and not isinstance(packets, list | tuple):
                 packets = kwargs["packets"] = list(packets)
+            probe = self._pmtu_probe
+            if probe is not None and packets:
+                # A lost path MTU probe says nothing about congestion (RFC 9000 14.4):
+                # it only leaves bytes in flight.
+                probes = [p for p in packets if p.packet_number == probe]
+                if probes:
+                    count_lost(**{**kwargs, "packets": probes, "congestion_event": False})
+                    packets = kwargs["packets"] = [p for p in packets if p.packet_number != probe]
+                    if not packets:
+                        return
             if packets is not None and kwargs.get("congestion_event", True):
                 self.packets_lost += len(packets)
+                if self._pmtu is not None and self._max_datagram_size > BASE_DATAGRAM_SIZE:
+                    self._count_large_losses(packets, kwargs.get("now", self._now))
             count_lost(**kwargs)
 
         setattr(self._loss, "_on_packets_lost", on_packets_lost)  # noqa: B010
+        if self._pmtu is not None:
+            cc = self._loss._cc
+            count_acked = cc.on_packet_acked
+
+            def on_packet_acked(*, now: float, packet: Any) -> None:
+                if packet.sent_bytes > BASE_DATAGRAM_SIZE:
+                    self._large_loss_bursts = 0  # large packets still get through
+                count_acked(now=now, packet=packet)
+
+            setattr(cc, "on_packet_acked", on_packet_acked)  # noqa: B010
         if config.congestion_control == "bbr":
             # pace at the model's rate (or not at all), and learn when the app runs dry
             install_pacer(self._loss, paced=config.pacing)
         elif not config.pacing:
             setattr(self._loss._pacer, "next_send_time", _never_paced)  # noqa: B010
+        if self._pmtu is not None:
+            set_datagram_size(self._loss, self._pmtu.size, initial=True)
 
     # -- state the transport reads -------------------------------------------------
 
@@ -467,7 +518,14 @@ class EngineConnection(QuicConnection):
             "bytes_in_flight": float(loss.bytes_in_flight),
             "packets_lost": float(self.packets_lost),
             "receive_window": float(self._connection_window),
+            "datagram_size": float(self._max_datagram_size),
+            "pmtu_probes_lost": float(self._pmtu.probes_lost if self._pmtu is not None else 0),
         }
+
+    @property
+    def datagram_size(self) -> int:
+        """The UDP payload size this connection sends at now (the path's, once known)."""
+        return int(self._max_datagram_size)
 
     def stream_receive_window(self, stream_id: int) -> int:
         """The flow-control window the peer gets on ``stream_id`` (it may have grown)."""
@@ -476,6 +534,7 @@ class EngineConnection(QuicConnection):
     # -- delayed ACKs that ride on the reply ---------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        self._now = now
         before = self._eliciting_unacked
         super().receive_datagram(data, addr, now)
         count = self._eliciting_unacked
@@ -549,8 +608,156 @@ class EngineConnection(QuicConnection):
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         self._now = now  # for window growth, which runs while packets are built
+        if self._pmtu is not None:
+            return self._datagrams_with_pmtu(now)
         result: list[tuple[bytes, Any]] = super().datagrams_to_send(now)
         return result
+
+    def _datagrams_with_pmtu(self, now: float) -> list[tuple[bytes, Any]]:
+        assert self._pmtu is not None
+        sent: list[tuple[bytes, Any]] = []
+        paths = self._network_paths
+        if self._handshake_confirmed:
+            if paths and paths[0].addr[0] != self._pmtu_host:
+                self._pmtu_new_path()
+            probe = self._pmtu.probe_size(now)
+            if probe is not None:
+                # ahead of any data, so a bulk transfer filling the window cannot hold
+                # the probe (and the larger size) back
+                sent = self._send_pmtu_probe(probe, now)
+        size = self._max_datagram_size
+        if size > BASE_DATAGRAM_SIZE and any(
+            p.remote_challenges or not p.is_validated for p in paths
+        ):
+            # PATH_CHALLENGE and PATH_RESPONSE datagrams are padded to the full size:
+            # on a path not known to carry ours (the peer moved, or we did without
+            # noticing), the 1,200 bytes RFC 9000 section 8.2 asks for are the size
+            # that gets through.
+            self._max_datagram_size = BASE_DATAGRAM_SIZE
+            try:
+                sent += super().datagrams_to_send(now)
+            finally:
+                if self._max_datagram_size == BASE_DATAGRAM_SIZE:
+                    self._max_datagram_size = size
+            return sent
+        result: list[tuple[bytes, Any]] = super().datagrams_to_send(now)
+        return sent + result if sent else result
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        pmtu = self._pmtu
+        pto = (
+            pmtu is not None
+            and self._loss_at is not None
+            and now >= self._loss_at
+            and self._loss._get_loss_space() is None
+        )
+        super().handle_timer(now)
+        if pto and pmtu is not None and pmtu.size > BASE_DATAGRAM_SIZE:
+            space = self._spaces.get(aioquic_tls.Epoch.ONE_RTT)
+            acked = space.largest_acked_packet if space is not None else -1
+            if acked != self._pto_acked_mark:
+                self._pto_acked_mark = acked
+                self._pto_run = 0
+            self._pto_run += 1
+            if self._pto_run >= _BLACK_HOLE_PTOS:
+                # Nothing acknowledged across two probe timeouts: the path may have
+                # stopped carrying our datagram size. Fall back to the size every path
+                # carries; the search tries again later. A dead peer still ends at
+                # idle_timeout.
+                self._pmtu_black_hole(now)
+
+    # -- path MTU discovery ------------------------------------------------------
+
+    def _send_pmtu_probe(self, size: int, now: float) -> list[tuple[bytes, Any]]:
+        """Send one PING padded to ``size`` bytes, if the congestion window has room."""
+        if (
+            self._state not in (QuicConnectionState.CONNECTED,)
+            or self._close_pending
+            or self._loss.congestion_window - self._loss.bytes_in_flight < size
+            or not self._network_paths
+        ):
+            return []
+        network_path = self._network_paths[0]
+        crypto = self._cryptos[aioquic_tls.Epoch.ONE_RTT]
+        if not network_path.is_validated or not crypto.send.is_valid() or self._version is None:
+            return []
+        builder = QuicPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=self._is_client,
+            max_datagram_size=size,
+            packet_number=self._packet_number,
+            peer_cid=self._peer_cid.cid,
+            peer_token=self._peer_token,
+            quic_logger=self._quic_logger,
+            spin_bit=self._spin_bit,
+            version=self._version,
+        )
+        builder.start_packet(QuicPacketType.ONE_RTT, crypto)
+        builder.start_frame(QuicFrameType.PING, handler=self._on_pmtu_probe, handler_args=(size,))
+        padding = builder.remaining_flight_space
+        if padding > 0:
+            builder.start_frame(QuicFrameType.PADDING, capacity=padding)
+            builder._buffer.push_bytes(bytes(padding - 1))
+        self._pmtu_probe = builder.packet_number
+        assert self._pmtu is not None
+        self._pmtu.probe_sent(size)
+        return self._flush_builder(
+            builder=builder, network_path=network_path, peer_cid=self._peer_cid.cid, now=now
+        )
+
+    def _count_large_losses(self, packets: Sequence[Any], now: float) -> None:
+        """A loss event that lost packets above the base size. Congestion and random
+        loss are followed by large packets that do get through; a path that stopped
+        carrying our size (a black hole, RFC 8899 section 4.3) loses every one."""
+        if any(p.sent_bytes > BASE_DATAGRAM_SIZE for p in packets):
+            self._large_loss_bursts += 1
+            if self._large_loss_bursts >= _BLACK_HOLE_BURSTS:
+                self._pmtu_black_hole(now)
+
+    def _pmtu_black_hole(self, now: float) -> None:
+        pmtu = self._pmtu
+        self._large_loss_bursts = 0
+        self._pto_run = 0
+        if pmtu is not None and pmtu.black_hole(now):
+            self._pmtu_probe = None
+            self._set_datagram_size(pmtu.size)
+
+    def _pmtu_new_path(self) -> None:
+        """The peer's IP address changed (migration): start over from the base size. A
+        change of port alone (a NAT rebinding) keeps the path, as it keeps the
+        congestion state (RFC 9000 section 9.4)."""
+        host = self._network_paths[0].addr[0]
+        first = self._pmtu_host is None
+        self._pmtu_host = host
+        if first or self._pmtu is None:
+            return
+        self._pmtu.new_path()
+        self._pmtu_probe = None
+        self._set_datagram_size(self._pmtu.size)
+
+    def _on_pmtu_probe(self, delivery: QuicDeliveryState, size: int) -> None:
+        pmtu = self._pmtu
+        if pmtu is None:
+            return
+        self._pmtu_probe = None
+        if delivery == QuicDeliveryState.ACKED:
+            pmtu.probe_acked(size, self._now)
+        else:
+            pmtu.probe_lost(size, self._now)
+        if pmtu.size != self._max_datagram_size:
+            self._set_datagram_size(pmtu.size)
+
+    def _set_datagram_size(self, size: int) -> None:
+        self._max_datagram_size = self._full_datagram_size = size
+        set_datagram_size(self._loss, size)
+        if self._datagrams_pending:
+            # an unreliable datagram that no longer fits would block the queue
+            limit = size - _DATAGRAM_FRAME_OVERHEAD
+            kept = [d for d in self._datagrams_pending if len(d) <= limit]
+            if len(kept) != len(self._datagrams_pending):
+                self._datagrams_pending.clear()
+                self._datagrams_pending.extend(kept)
 
     def _window_outgrown(self, last: float | None) -> bool:
         """Half a window was read within two round trips of the previous credit update:
@@ -853,6 +1060,8 @@ class EngineConnection(QuicConnection):
     def _confirm_handshake(self) -> None:
         super()._confirm_handshake()
         self._max_datagram_size = self._full_datagram_size
+        if self._pmtu is not None:
+            self._pmtu.start()
         self._release_handshake_epochs()
 
     def _release_handshake_epochs(self) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..streams import StreamHandler
-from .config import QUICConfig, config_for_peer
+from .config import MIN_DATAGRAM_SIZE, QUICConfig, config_for_peer, pmtu_ceiling
 from .connection import QUICConnection, display_host
 from .engine import CONNECTION_ID_LENGTH, EngineConnection, PacketHeader, RetryTokens
 from .errors import HandshakeError, SocketClosedError
@@ -187,6 +187,7 @@ class QUICServer:
             retry_source_connection_id=retry_scid,
             session_store=self._sessions,
             handshake_datagram_size=self._config.max_datagram_size,
+            pmtu_ceiling=pmtu_ceiling(self._config, peer[0], peer[1]),
         )
         conn = QUICConnection(self._socket, engine, config, stream_handler=self._stream_handler)
         conn._datagram_received(data, peer, now)
@@ -212,6 +213,7 @@ class QUICServer:
             is_client=False,
             reset_key=self._socket._reset_key,
             original_destination_connection_id=header.destination_cid,
+            handshake_datagram_size=(MIN_DATAGRAM_SIZE if self._config.pmtu_discovery else None),
         )
         engine.receive_datagram(data, peer, now)
         # a transport-level close (frame_type given), as CONNECTION_REFUSED is a transport code

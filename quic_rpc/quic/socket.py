@@ -7,6 +7,15 @@ event-loop turn, so sends go out in bursts. On Linux, bursts to one address leav
 single ``sendmsg`` with UDP segmentation offload (GSO), and reads take coalesced datagrams
 (GRO), when the kernel supports them; elsewhere, or with ``gso=False``, one datagram per
 system call. ``io="transport"`` uses a portable asyncio datagram endpoint instead.
+
+Every socket sets Don't Fragment (Linux ``IP_PMTUDISC_PROBE``, and ``IPV6_PMTUDISC_PROBE``
+for IPv6): QUIC must never be fragmented (RFC 9000 §14), and path MTU discovery only works
+if a datagram too large for the path is dropped (with an ICMP "too big") instead of being
+split by a router or by our own kernel. PROBE rather than DO: the kernel still sets DF but
+ignores the path MTU it cached from ICMP, so the connection's own discovery decides what
+size to send and probes above a cached value are not refused locally. A datagram larger
+than the local interface's MTU fails with EMSGSIZE; it is counted
+(:attr:`QUICSocket.datagrams_too_big`) and treated as lost, like one dropped on the path.
 """
 
 from __future__ import annotations
@@ -53,6 +62,13 @@ consume, and MAX_STREAM_DATA leave, while the rest of the window is still arrivi
 _SEND_QUEUE_LIMIT = 4096
 _RESET_RATE = 100  # stateless resets per second at most
 _MIN_INITIAL_SIZE = 1200
+# Don't Fragment options: Linux only (other systems use the same numbers for other
+# options), with the Linux values where the socket module lacks the names (before 3.12)
+_LINUX = sys.platform.startswith("linux")
+_IP_MTU_DISCOVER = getattr(_socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_PROBE = getattr(_socket, "IP_PMTUDISC_PROBE", 3)
+_IPV6_MTU_DISCOVER = getattr(_socket, "IPV6_MTU_DISCOVER", 23)
+_IPV6_PMTUDISC_PROBE = getattr(_socket, "IPV6_PMTUDISC_PROBE", 3)
 
 PUNCH_PAYLOAD = b"\x00quicshift-punch"
 Address = tuple[str, int]
@@ -84,6 +100,8 @@ class _TransportProtocol(asyncio.DatagramProtocol):
         self._owner._schedule_flush(None)
 
     def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
+            self._owner.datagrams_too_big += 1
         _log.debug("UDP error on %r: %s", self._owner, exc)
 
 
@@ -135,6 +153,7 @@ class QUICSocket:
         self._writer_registered = False
         self._gso = False
         self._gro = False
+        self._dont_fragment = False
         self._reset_tokens = float(_RESET_RATE)
         self._reset_refill = 0.0
         self._closed = False
@@ -143,6 +162,10 @@ class QUICSocket:
         self.on_unrouted: Callable[[bytes, Address], None] | None = None
         """Called with datagrams that belong to no connection (e.g. hole-punch packets)."""
         self.datagrams_dropped = 0
+        self.datagrams_too_big = 0
+        """Datagrams the kernel refused as larger than the local interface's MTU (EMSGSIZE,
+        with Don't Fragment set); they count as lost (a path MTU probe too large for the
+        first hop ends up here)."""
         self.gro_batches = 0
         """Reads that returned several coalesced datagrams (GRO)."""
 
@@ -197,6 +220,7 @@ class QUICSocket:
                     unspecified = ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
                     self._dual_stack = not v6only and unspecified == ipaddress.IPv6Address("::")
                 _enlarge_buffers(sock)
+                self._dont_fragment = _set_dont_fragment(sock, family, self._dual_stack)
                 sock.setblocking(False)
             except BaseException:
                 sock.close()
@@ -215,6 +239,7 @@ class QUICSocket:
                     sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 0 if dual else 1)
                     self._dual_stack = dual
                 _enlarge_buffers(sock)
+                self._dont_fragment = _set_dont_fragment(sock, family, self._dual_stack)
                 sock.bind(sockaddr)
                 sock.setblocking(False)
             except BaseException:
@@ -312,6 +337,12 @@ class QUICSocket:
     def gro_enabled(self) -> bool:
         """Reads use UDP generic receive offload (Linux): coalesced datagrams are split."""
         return self._gro
+
+    @property
+    def dont_fragment(self) -> bool:
+        """Datagrams leave with Don't Fragment set and are never fragmented locally
+        (Linux; False elsewhere, and before :meth:`start`)."""
+        return self._dont_fragment
 
     @property
     def connections(self) -> list[QUICConnection]:
@@ -587,19 +618,26 @@ class QUICSocket:
                 end < count
                 and end - index < _MAX_GSO_SEGMENTS
                 and datagrams[end][1] == addr
-                and len(datagrams[end][0]) <= size
                 and total + len(datagrams[end][0]) <= _MAX_GSO_BYTES
             ):
-                total += len(datagrams[end][0])
+                following = len(datagrams[end][0])
+                if following > size or (following < size and end - index < 2):
+                    # Only the last segment may be shorter, and only after two full ones:
+                    # a batch can travel as one packet up to where it is split (veth,
+                    # a router in the same host), and one too large for a hop is dropped
+                    # whole there. A lone larger datagram (a path MTU probe) would take
+                    # the shorter one behind it down too.
+                    break
+                total += following
                 end += 1
-                if len(datagrams[end - 1][0]) < size:
-                    break  # only the last segment may be shorter
+                if following < size:
+                    break
             if end - index == 1:
-                ok = self._try_send(data, addr)
+                done = 1 if self._try_send(data, addr) else 0
             else:
-                ok = self._try_send_gso([d for d, _ in datagrams[index:end]], size, addr)
-            if not ok:
-                for rest in datagrams[index:]:
+                done = self._try_send_gso([d for d, _ in datagrams[index:end]], size, addr)
+            if index + done < end:
+                for rest in datagrams[index + done :]:
                     self._enqueue(*rest)
                 return
             index = end
@@ -619,6 +657,9 @@ class QUICSocket:
         return rest
 
     def _try_send(self, data: bytes, addr: Address) -> bool:
+        """Send one datagram; False if the socket buffer is full (queue it and retry).
+
+        Other errors lose the datagram (QUIC recovers); EMSGSIZE is counted."""
         sock = self._sock
         if sock is None:
             return True
@@ -629,13 +670,18 @@ class QUICSocket:
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:
                 return False
-            _log.debug("sendto %s failed: %s", addr, exc)
+            if exc.errno == errno.EMSGSIZE:
+                self.datagrams_too_big += 1
+            _log.debug("sendto %s (%d bytes) failed: %s", addr, len(data), exc)
         return True
 
-    def _try_send_gso(self, segments: list[bytes], size: int, addr: Address) -> bool:
+    def _try_send_gso(self, segments: list[bytes], size: int, addr: Address) -> int:
+        """Send ``segments`` (all ``size`` bytes, the last maybe shorter) in one GSO
+        ``sendmsg``; return how many were handled (sent or lost), fewer than all if the
+        socket buffer filled up."""
         sock = self._sock
         if sock is None:
-            return True
+            return len(segments)
         try:
             sock.sendmsg(
                 [b"".join(segments)],
@@ -644,16 +690,31 @@ class QUICSocket:
                 addr,
             )
         except (BlockingIOError, InterruptedError):
-            return False
+            return 0
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:
-                return False
-            if exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
-                _log.info("GSO failed on %r (%s); falling back to one send per datagram", self, exc)
-                self._gso = False
-                return all(self._try_send(s, addr) for s in segments)
+                return 0
+            if exc.errno in (errno.EMSGSIZE, errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                return self._send_singly(segments, addr, exc)
             _log.debug("sendmsg %s failed: %s", addr, exc)
-        return True
+        return len(segments)
+
+    def _send_singly(self, segments: list[bytes], addr: Address, gso_error: OSError) -> int:
+        """After a failed GSO send: one send per datagram, so that only those too large
+        for the interface are lost (a shorter last segment may still fit). A segment size
+        over the interface's MTU fails GSO with EMSGSIZE (EINVAL before Linux changed it to
+        EMSGSIZE); only when no single send hits EMSGSIZE either is GSO itself broken, and
+        turned off. Returns how many segments were handled."""
+        too_big = self.datagrams_too_big
+        for count, segment in enumerate(segments):
+            if not self._try_send(segment, addr):
+                return count
+        if gso_error.errno != errno.EMSGSIZE and self.datagrams_too_big == too_big:
+            _log.info(
+                "GSO failed on %r (%s); falling back to one send per datagram", self, gso_error
+            )
+            self._gso = False
+        return len(segments)
 
     def _sendto(self, data: bytes, addr: Address) -> None:
         if self._virtual_paths and not self._send_virtual([(data, addr)]):
@@ -704,6 +765,29 @@ def _enlarge_buffers(sock: _socket.socket) -> None:
     for opt in (_socket.SO_RCVBUF, _socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(_socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+
+
+def _set_dont_fragment(sock: _socket.socket, family: int, dual_stack: bool) -> bool:
+    """Set Don't Fragment (``*_PMTUDISC_PROBE``) on ``sock``; whether it took (Linux only,
+    errors ignored).
+
+    A dual-stack socket sends IPv4-mapped traffic through the IPv4 stack, which has its
+    own option; both must take for the socket to count as DF."""
+    if not _LINUX:
+        return False
+    options = []
+    if family == _socket.AF_INET6:
+        options.append((_socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_PROBE))
+    if family == _socket.AF_INET or dual_stack:
+        options.append((_socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_PROBE))
+    ok = bool(options)
+    for level, name, value in options:
+        try:
+            sock.setsockopt(level, name, value)
+        except OSError as exc:
+            _log.debug("cannot set Don't Fragment (%d, %d) on %r: %s", level, name, sock, exc)
+            ok = False
+    return ok
 
 
 def _gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:

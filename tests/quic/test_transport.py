@@ -268,7 +268,9 @@ async def test_datagrams_past_two_byte_frame_lengths(
         result.set_result(await hash_reader(stream))
         await stream.send(b"ok")
 
-    config = QUICConfig(max_datagram_size=size, loopback_datagram_size=None, pacing=False)
+    config = QUICConfig(
+        max_datagram_size=size, loopback_datagram_size=None, pacing=False, pmtu_discovery=False
+    )
     server, conn = await _pair(make_socket, server_creds, client_creds, handler, config)
     handshake = conn.stats()
     assert handshake["bytes_sent"] <= 16383 * handshake["datagrams_sent"]

@@ -11,8 +11,9 @@ Server::
   everything (sha256) while sending ``N`` seeded pseudo-random bytes, then prints
   ``{"event": "stream_done", "received", "sha256_received", "sent", "sha256_sent",
   "peer_addresses": [[host, port], ...]}`` (every client address seen during the stream, in
-  order - a NAT rebinding shows up as a second entry).  Stdin EOF or ``{"cmd": "quit"}``
-  stops it (``{"event": "stopped"}``).
+  order - a NAT rebinding shows up as a second entry), ``"stats"`` (the connection's
+  ``stats()``) and ``"pmtu_state"``.  Stdin EOF or ``{"cmd": "quit"}`` stops it
+  (``{"event": "stopped"}``).
 
 Client::
 
@@ -25,6 +26,22 @@ Client::
   be repeated) it stops sending after that many bytes, prints ``paused`` and waits for
   ``{"cmd": "continue"}`` on stdin (receiving goes on meanwhile).  Errors are reported as
   ``{"event": "error", "error": ...}`` with exit status 1.
+
+Both::
+
+    --max-datagram-size N        QUICConfig.max_datagram_size (default 1350): with path MTU
+                                 discovery the ceiling of the search, without it the size
+                                 every datagram is sent at
+    --pmtu-discovery / --no-pmtu-discovery
+                                 QUICConfig.pmtu_discovery (default: QUICConfig's default)
+    --await-pmtu SECONDS         before reporting ``done`` / ``stream_done`` (and their
+                                 stats), wait up to SECONDS for the connection's path MTU
+                                 search to finish (default 0: report at once)
+
+  ``ready`` and ``connected`` carry ``"dont_fragment"`` (the socket's DF setting);
+  ``connected``, ``done`` and ``stream_done`` carry ``"pmtu_state"``: the state of the
+  connection's path MTU search (``"searching"``, ``"search_complete"``, ...; null where
+  the transport does not tell).
 """
 
 from __future__ import annotations
@@ -43,6 +60,7 @@ from typing import Any
 
 from quic_rpc.quic import (
     QUICConfig,
+    QUICConnection,
     QUICServer,
     QUICSocket,
     TLSCredentials,
@@ -81,12 +99,35 @@ def credentials(args: argparse.Namespace) -> TLSCredentials:
 
 
 def config(args: argparse.Namespace) -> QUICConfig:
+    extra: dict[str, Any] = {}
+    if args.pmtu_discovery is not None:
+        extra["pmtu_discovery"] = args.pmtu_discovery
     return QUICConfig(
         idle_timeout=args.idle_timeout,
         keepalive_interval=min(5.0, args.idle_timeout / 3),
         handshake_timeout=args.handshake_timeout,
         max_datagram_size=args.max_datagram_size,
+        **extra,
     )
+
+
+def pmtu_state(conn: QUICConnection) -> str | None:
+    """The state of the connection's path MTU search, where the engine has one (test
+    introspection: not part of the public API)."""
+    search = getattr(getattr(conn, "_engine", None), "_pmtu", None)
+    state = getattr(search, "state", None)
+    value = getattr(state, "value", state)
+    return None if value is None else str(value)
+
+
+async def await_pmtu(conn: QUICConnection, limit: float) -> str | None:
+    """Wait up to ``limit`` seconds while the path MTU search is still running (probes
+    go on also on an idle connection); return its state."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while pmtu_state(conn) == "searching" and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)  # no event to wait on: the state belongs to the engine
+    return pmtu_state(conn)
 
 
 class StdinCommands:
@@ -145,6 +186,15 @@ async def run_server(args: argparse.Namespace) -> int:
     data = payload(args.send_bytes, args.seed)
     sent_digest = hashlib.sha256(data).hexdigest()
 
+    connections: list[QUICConnection] = []
+
+    def connection_of(stream: ByteStream) -> QUICConnection | None:
+        info = stream.peer_info
+        for conn in reversed(connections):
+            if conn.remote_address == (info.remote_host, info.remote_port):
+                return conn
+        return connections[-1] if connections else None
+
     async def handler(stream: ByteStream) -> None:
         seen: list[tuple[str, int]] = []
 
@@ -183,6 +233,12 @@ async def run_server(args: argparse.Namespace) -> int:
             )
             raise
         note_peer()
+        seconds = time.monotonic() - started
+        conn = connection_of(stream)
+        state = None
+        if conn is not None:
+            state = await await_pmtu(conn, args.await_pmtu)
+        info = stream.peer_info
         emit(
             {
                 "event": "stream_done",
@@ -191,17 +247,28 @@ async def run_server(args: argparse.Namespace) -> int:
                 "sent": len(data),
                 "sha256_sent": sent_digest,
                 "peer_addresses": [list(a) for a in seen],
-                "seconds": time.monotonic() - started,
+                "seconds": seconds,
+                "stats": dict(info.stats()) if info.stats is not None else {},
+                "pmtu_state": state,
             }
         )
 
     host, port = hostport(args.bind)
     sock = await QUICSocket.bind(host, port)
-    server = QUICServer(sock, credentials(args), config(args), handler)
+    server = QUICServer(
+        sock, credentials(args), config(args), handler, on_connection=connections.append
+    )
     await server.start()
     commands = StdinCommands()
     await commands.start()
-    emit({"event": "ready", "host": sock.local_address[0], "port": sock.local_address[1]})
+    emit(
+        {
+            "event": "ready",
+            "host": sock.local_address[0],
+            "port": sock.local_address[1],
+            "dont_fragment": sock.dont_fragment,
+        }
+    )
     try:
         await commands.wait_for("quit", "eof")
     finally:
@@ -231,6 +298,9 @@ async def run_client(args: argparse.Namespace) -> int:
                 "event": "connected",
                 "local": list(sock.local_address),
                 "remote": list(conn.remote_address),
+                "dont_fragment": sock.dont_fragment,
+                "stats": dict(conn.stats()),
+                "pmtu_state": pmtu_state(conn),
             }
         )
         stream = await conn.open_stream()
@@ -270,6 +340,7 @@ async def run_client(args: argparse.Namespace) -> int:
 
         await asyncio.gather(reader(), writer())
         elapsed = time.monotonic() - started
+        state = await await_pmtu(conn, args.await_pmtu)
         emit(
             {
                 "event": "done",
@@ -279,6 +350,7 @@ async def run_client(args: argparse.Namespace) -> int:
                 "sha256_received": digest.hexdigest(),
                 "seconds": elapsed,
                 "stats": dict(conn.stats()),
+                "pmtu_state": state,
             }
         )
         # graceful close: waits until the server acknowledged everything we sent
@@ -311,7 +383,19 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--seed", type=int, default=1)
         sp.add_argument("--idle-timeout", type=float, default=30.0)
         sp.add_argument("--handshake-timeout", type=float, default=30.0)
-        sp.add_argument("--max-datagram-size", type=int, default=1350)
+        sp.add_argument(
+            "--max-datagram-size",
+            type=int,
+            default=1350,
+            help="largest UDP payload (with path MTU discovery: the ceiling of the search)",
+        )
+        sp.add_argument(
+            "--pmtu-discovery",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="path MTU discovery on/off (default: QUICConfig's default)",
+        )
+        sp.add_argument("--await-pmtu", type=float, default=0.0, metavar="SECONDS")
         if role == "server":
             sp.add_argument("--bind", required=True, help="HOST:PORT")
         else:
