@@ -24,6 +24,7 @@ happened; it owns no timers and no packets.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import socket
 
 __all__ = [
@@ -194,16 +195,21 @@ def udp_payload_limit(mtu: int, family: int) -> int:
 def route_mtu(host: str, port: int) -> int | None:
     """The largest UDP payload the local route towards ``(host, port)`` carries, from
     the kernel (Linux ``IP_MTU`` on a connected socket: the outgoing device's MTU, or a
-    smaller path MTU the kernel has learned). None where the platform cannot tell.
+    smaller path MTU the kernel has learned). None where the platform cannot tell, and
+    for anything but an IP address (names are never resolved here).
 
     Connecting a UDP socket sends nothing; this costs a few system calls."""
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None  # a name (a relay's virtual address): never resolve it here
+    try:
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.connect((host, port))
             if family == socket.AF_INET6:
                 mtu = sock.getsockopt(socket.IPPROTO_IPV6, _IPV6_MTU)
-                if host.lower().startswith("::ffff:") and "." in host:
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
                     family = socket.AF_INET  # an IPv4 packet on the wire
             else:
                 mtu = sock.getsockopt(socket.IPPROTO_IP, _IP_MTU)

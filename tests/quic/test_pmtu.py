@@ -190,6 +190,9 @@ def test_route_mtu_of_loopback() -> None:
     limit = route_mtu("127.0.0.1", 9)
     assert limit is None or limit >= 1472
     assert route_mtu("not an address", 9) is None
+    assert route_mtu("relay-abc.invalid", 9) is None  # a name is never resolved
+    mapped = route_mtu("::ffff:127.0.0.1", 9)
+    assert mapped is None or mapped >= 1472
 
 
 def test_pmtu_ceiling_follows_the_config() -> None:
