@@ -361,8 +361,9 @@ class EngineConnection(QuicConnection):
         # Path MTU discovery (see .pmtu): the path is only known to carry 1,200 bytes,
         # so the handshake and everything until a probe proves more use that size.
         self._pmtu: PathMTUSearch | None = None
-        self._pmtu_probe: int | None = None
-        """The packet number of the probe in flight."""
+        self._pmtu_probes: set[int] = set()
+        """Packet numbers of probes not yet acknowledged or declared lost (one in flight,
+        plus any a fallback abandoned)."""
         self._pto_run = 0
         """Probe timeouts since the largest acknowledged packet last moved."""
         self._pto_acked_mark = -1
@@ -395,14 +396,17 @@ class EngineConnection(QuicConnection):
             packets = kwargs.get("packets")
             if packets is not None and not isinstance(packets, list | tuple):
                 packets = kwargs["packets"] = list(packets)
-            probe = self._pmtu_probe
-            if probe is not None and packets:
+            outstanding = self._pmtu_probes
+            if outstanding and packets:
                 # A lost path MTU probe says nothing about congestion (RFC 9000 14.4):
                 # it only leaves bytes in flight.
-                probes = [p for p in packets if p.packet_number == probe]
+                probes = [p for p in packets if p.packet_number in outstanding]
                 if probes:
+                    packets = kwargs["packets"] = [
+                        p for p in packets if p.packet_number not in outstanding
+                    ]
+                    # (the probes' handlers run in here and forget them)
                     count_lost(**{**kwargs, "packets": probes, "congestion_event": False})
-                    packets = kwargs["packets"] = [p for p in packets if p.packet_number != probe]
                     if not packets:
                         return
             if packets is not None and kwargs.get("congestion_event", True):
@@ -694,12 +698,15 @@ class EngineConnection(QuicConnection):
             version=self._version,
         )
         builder.start_packet(QuicPacketType.ONE_RTT, crypto)
-        builder.start_frame(QuicFrameType.PING, handler=self._on_pmtu_probe, handler_args=(size,))
+        number = builder.packet_number
+        builder.start_frame(
+            QuicFrameType.PING, handler=self._on_pmtu_probe, handler_args=(size, number)
+        )
         padding = builder.remaining_flight_space
         if padding > 0:
             builder.start_frame(QuicFrameType.PADDING, capacity=padding)
             builder._buffer.push_bytes(bytes(padding - 1))
-        self._pmtu_probe = builder.packet_number
+        self._pmtu_probes.add(number)
         assert self._pmtu is not None
         self._pmtu.probe_sent(size)
         return self._flush_builder(
@@ -720,7 +727,6 @@ class EngineConnection(QuicConnection):
         self._large_loss_bursts = 0
         self._pto_run = 0
         if pmtu is not None and pmtu.black_hole(now):
-            self._pmtu_probe = None
             self._set_datagram_size(pmtu.size)
 
     def _pmtu_new_path(self) -> None:
@@ -733,14 +739,13 @@ class EngineConnection(QuicConnection):
         if first or self._pmtu is None:
             return
         self._pmtu.new_path()
-        self._pmtu_probe = None
         self._set_datagram_size(self._pmtu.size)
 
-    def _on_pmtu_probe(self, delivery: QuicDeliveryState, size: int) -> None:
+    def _on_pmtu_probe(self, delivery: QuicDeliveryState, size: int, number: int) -> None:
+        self._pmtu_probes.discard(number)
         pmtu = self._pmtu
         if pmtu is None:
             return
-        self._pmtu_probe = None
         if delivery == QuicDeliveryState.ACKED:
             pmtu.probe_acked(size, self._now)
         else:
