@@ -34,44 +34,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from ._common import machine_info
+from ._common import machine_info, write_certs
 
 CLIENT_ADDR = ("192.0.2.2", 50000)
 SERVER_ADDR = ("192.0.2.1", 4433)
 MIB = 1024 * 1024
 ENGINES = ("aioquic", "qh3")
-
-
-def _write_cert(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.invalid")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench.invalid")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def _modules(engine: str) -> tuple[ModuleType, ModuleType, ModuleType] | None:
@@ -95,7 +63,7 @@ class _Pair:
             is_client=True,
             alpn_protocols=["bench"],
             verify_mode=ssl.CERT_NONE,
-            server_name="bench.invalid",
+            server_name="localhost",
             max_datagram_size=1452,
         )
         server_config = config_mod.QuicConfiguration(
@@ -205,7 +173,8 @@ def _version(engine: str) -> str | None:
 def measure(calls: int, mib: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="quicshift-engines-") as tmp:
-        cert, key = _write_cert(Path(tmp))
+        write_certs(Path(tmp))
+        cert, key = Path(tmp) / "server.pem", Path(tmp) / "server.key"
         for engine in ENGINES:
             version = _version(engine)
             if version is None or _modules(engine) is None:

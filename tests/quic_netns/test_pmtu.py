@@ -167,6 +167,46 @@ def _assert_nothing_but_probes_lost(
     assert server_done["stats"]["packets_lost"] <= rcvbuf_drops["cli"], info
 
 
+@dataclass
+class _Run:
+    """One transfer across the lab, with the kernel counters it moved."""
+
+    connected: dict[str, Any]
+    done: dict[str, Any]
+    server_done: dict[str, Any]
+    frags: dict[str, int]
+    """``Ip.FragCreates`` increase per namespace."""
+    refused: dict[str, int]
+    """``Icmp.OutDestUnreachs`` increase per namespace."""
+    drops: dict[str, int]
+    """``Udp.RcvbufErrors`` increase per namespace."""
+
+    @property
+    def info(self) -> str:
+        return _describe(
+            self.connected,
+            self.done,
+            self.server_done,
+            frag_creates=self.frags,
+            dest_unreach=self.refused,
+            rcvbuf=self.drops,
+        )
+
+
+async def _measured_transfer(lab: Routed, tmp_path: Path, ceiling: int) -> _Run:
+    before = await _all_snmp(lab)
+    connected, done, server_done = await _transfer(lab, tmp_path, ceiling)
+    after = await _all_snmp(lab)
+    return _Run(
+        connected,
+        done,
+        server_done,
+        frags=_increase(before, after, "Ip.FragCreates"),
+        refused=_increase(before, after, "Icmp.OutDestUnreachs"),
+        drops=_increase(before, after, "Udp.RcvbufErrors"),
+    )
+
+
 def _describe(*messages: dict[str, Any], **extra: Any) -> str:
     parts = [
         f"{m['event']}: datagram_size={m.get('stats', {}).get('datagram_size')} "
@@ -179,18 +219,10 @@ def _describe(*messages: dict[str, Any], **extra: Any) -> str:
 
 async def test_narrow_middle_link(netlab: Lab, tmp_path: Path) -> None:
     """1500 | 1280: discovery finds the 1280-byte hop, nothing is fragmented."""
-    lab = _routed_topology(netlab, 1500, 1280)
-    before = await _all_snmp(lab)
-    connected, done, server_done = await _transfer(lab, tmp_path, 1452)
-    after = await _all_snmp(lab)
-    frags = _increase(before, after, "Ip.FragCreates")
-    refused = _increase(before, after, "Icmp.OutDestUnreachs")
-    drops = _increase(before, after, "Udp.RcvbufErrors")
-    info = _describe(
-        connected, done, server_done, frag_creates=frags, dest_unreach=refused, rcvbuf=drops
-    )
+    run = await _measured_transfer(_routed_topology(netlab, 1500, 1280), tmp_path, 1452)
+    done, server_done, info = run.done, run.server_done, run.info
 
-    assert connected["stats"]["datagram_size"] == 1200, info  # the handshake's size
+    assert run.connected["stats"]["datagram_size"] == 1200, info  # the handshake's size
     limit = 1280 - IPV4_UDP_OVERHEAD
     assert 1200 <= done["stats"]["datagram_size"] <= limit, info
     assert 1200 <= server_done["stats"]["datagram_size"] <= limit, info
@@ -199,49 +231,36 @@ async def test_narrow_middle_link(netlab: Lab, tmp_path: Path) -> None:
     # the client's probes above the hop (its own link carries 1472) were lost ...
     assert done["stats"]["pmtu_probes_lost"] >= 3, info
     # ... because the router refused them (ICMP fragmentation needed), not fragmented
-    assert refused["router"] > 0, info
-    assert frags == {"cli": 0, "router": 0, "srv": 0}, info
-    _assert_nothing_but_probes_lost(done, server_done, drops, info)
+    assert run.refused["router"] > 0, info
+    assert run.frags == {"cli": 0, "router": 0, "srv": 0}, info
+    _assert_nothing_but_probes_lost(done, server_done, run.drops, info)
 
 
 async def test_jumbo_path(netlab: Lab, tmp_path: Path) -> None:
     """9000 | 9000: both ends reach the 8952-byte ceiling."""
-    lab = _routed_topology(netlab, 9000, 9000)
-    before = await _all_snmp(lab)
-    connected, done, server_done = await _transfer(lab, tmp_path, 8952)
-    after = await _all_snmp(lab)
-    frags = _increase(before, after, "Ip.FragCreates")
-    drops = _increase(before, after, "Udp.RcvbufErrors")
-    info = _describe(connected, done, server_done, frag_creates=frags, rcvbuf=drops)
+    run = await _measured_transfer(_routed_topology(netlab, 9000, 9000), tmp_path, 8952)
+    done, server_done, info = run.done, run.server_done, run.info
 
-    assert connected["stats"]["datagram_size"] == 1200, info
+    assert run.connected["stats"]["datagram_size"] == 1200, info
     assert done["stats"]["datagram_size"] == 8952, info
     assert server_done["stats"]["datagram_size"] == 8952, info
     assert done["stats"]["pmtu_probes_lost"] == 0, info
-    assert frags == {"cli": 0, "router": 0, "srv": 0}, info
-    _assert_nothing_but_probes_lost(done, server_done, drops, info)
+    assert run.frags == {"cli": 0, "router": 0, "srv": 0}, info
+    _assert_nothing_but_probes_lost(done, server_done, run.drops, info)
 
 
 async def test_jumbo_lan_with_a_narrower_hop(netlab: Lab, tmp_path: Path) -> None:
     """9000 | 4000: the client's search converges just below the hop's 3972 bytes."""
-    lab = _routed_topology(netlab, 9000, 4000)
-    before = await _all_snmp(lab)
-    connected, done, server_done = await _transfer(lab, tmp_path, 8952)
-    after = await _all_snmp(lab)
-    frags = _increase(before, after, "Ip.FragCreates")
-    refused = _increase(before, after, "Icmp.OutDestUnreachs")
-    drops = _increase(before, after, "Udp.RcvbufErrors")
-    info = _describe(
-        connected, done, server_done, frag_creates=frags, dest_unreach=refused, rcvbuf=drops
-    )
+    run = await _measured_transfer(_routed_topology(netlab, 9000, 4000), tmp_path, 8952)
+    done, server_done, info = run.done, run.server_done, run.info
 
     hop = 4000 - IPV4_UDP_OVERHEAD
-    assert connected["stats"]["datagram_size"] == 1200, info
+    assert run.connected["stats"]["datagram_size"] == 1200, info
     assert hop - 40 <= done["stats"]["datagram_size"] <= hop, info
     assert done["pmtu_state"] in (None, "search_complete"), info
     # the server's own link is the narrow one: its route MTU caps the search there
     assert hop - 40 <= server_done["stats"]["datagram_size"] <= hop, info
     assert done["stats"]["pmtu_probes_lost"] >= 3, info
-    assert refused["router"] > 0, info
-    assert frags == {"cli": 0, "router": 0, "srv": 0}, info
-    _assert_nothing_but_probes_lost(done, server_done, drops, info)
+    assert run.refused["router"] > 0, info
+    assert run.frags == {"cli": 0, "router": 0, "srv": 0}, info
+    _assert_nothing_but_probes_lost(done, server_done, run.drops, info)
