@@ -45,7 +45,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import socket
 import struct
 import sys
@@ -57,7 +56,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
-from .linklab import NS_PREFIX, LinkError, _cmd, _delete_netns, check_test_net, sweep_stale
+from .linklab import (
+    NS_PREFIX,
+    LinkError,
+    _cmd,
+    _delete_netns,
+    check_test_net,
+    netns_prerequisites,
+    sweep_stale,
+)
 
 __all__ = [
     "ROWS",
@@ -296,12 +303,9 @@ def available() -> tuple[bool, str]:
     global _availability
     if _availability is not None:
         return _availability
-    if not sys.platform.startswith("linux"):
-        return False, f"network namespaces need Linux (this is {sys.platform})"
-    if os.geteuid() != 0:
-        return False, "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return False, "the 'ip' tool (iproute2) is missing"
+    missing = netns_prerequisites()
+    if missing:
+        return False, missing
     probe = f"{NS_PREFIX}-{os.getpid()}-lanprobe"
     try:
         _ip(f"netns add {probe}")

@@ -420,6 +420,18 @@ def sweep_stale() -> list[str]:
 _availability: tuple[bool, str] | None = None
 
 
+def netns_prerequisites(what: str = "") -> str:
+    """Why this process cannot create network namespaces (and ``what`` else it needs
+    root for), or "" if it can try: Linux, root and ``ip``."""
+    if not sys.platform.startswith("linux"):
+        return f"network namespaces need Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces" + (f" and {what}" if what else "")
+    if shutil.which("ip") is None:
+        return "the 'ip' tool (iproute2) is missing"
+    return ""
+
+
 def available() -> tuple[bool, str]:
     """Can this process build a link? ``(True, "")`` or ``(False, reason)``; cached.
 
@@ -429,12 +441,9 @@ def available() -> tuple[bool, str]:
     global _availability
     if _availability is not None:
         return _availability
-    if not sys.platform.startswith("linux"):
-        return False, f"network namespaces need Linux (this is {sys.platform})"
-    if os.geteuid() != 0:
-        return False, "needs root to create network namespaces and TUN devices"
-    if shutil.which("ip") is None:
-        return False, "the 'ip' tool (iproute2) is missing"
+    missing = netns_prerequisites("TUN devices")
+    if missing:
+        return False, missing
     if not os.path.exists("/dev/net/tun"):
         return False, "/dev/net/tun is missing (no TUN support)"
     probe = f"{NS_PREFIX}-{os.getpid()}-probe"
