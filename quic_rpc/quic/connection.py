@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..streams import ConnectionLostError, PeerInfo, StreamHandler
 from .config import QUICConfig
-from .engine import EngineConnection, events
+from .engine import DATAGRAM_FRAME_OVERHEAD, EngineConnection, events
 from .errors import (
     CRYPTO_ERROR_BAD_CERTIFICATE,
     CertificateRejectedByPeerError,
@@ -276,7 +276,7 @@ class QUICConnection:
         limit = self._engine.peer_max_datagram_frame_size
         if not self._config.datagrams or limit is None:
             return 0
-        return max(0, min(limit, self._engine.datagram_size - 64))
+        return max(0, min(limit, self._engine.datagram_size - DATAGRAM_FRAME_OVERHEAD))
 
     def send_datagram(self, data: bytes) -> None:
         """Send an unreliable datagram (RFC 9221); needs ``QUICConfig.datagrams``."""

@@ -65,6 +65,7 @@ from .tls import ServerSessionStore, SessionCache, TLSCredentials, _ClientSessio
 
 __all__ = [
     "CONNECTION_ID_LENGTH",
+    "DATAGRAM_FRAME_OVERHEAD",
     "EngineConnection",
     "PacketHeader",
     "RetryTokens",
@@ -86,8 +87,9 @@ _BLACK_HOLE_BURSTS = 4
 """Loss events losing packets above the base size, with none of those acknowledged in
 between, after which path MTU discovery assumes a black hole."""
 
-_DATAGRAM_FRAME_OVERHEAD = 64
-"""Room a DATAGRAM frame leaves for the packet around it (as ``send_datagram`` checks)."""
+DATAGRAM_FRAME_OVERHEAD = 64
+"""Room an unreliable datagram leaves for the packet and frame around it: the largest
+one a connection takes is its datagram size less this."""
 
 events = quic_events
 """The engine's event classes (aioquic's ``quic.events``)."""
@@ -758,7 +760,7 @@ class EngineConnection(QuicConnection):
         set_datagram_size(self._loss, size)
         if self._datagrams_pending:
             # an unreliable datagram that no longer fits would block the queue
-            limit = size - _DATAGRAM_FRAME_OVERHEAD
+            limit = size - DATAGRAM_FRAME_OVERHEAD
             kept = [d for d in self._datagrams_pending if len(d) <= limit]
             if len(kept) != len(self._datagrams_pending):
                 self._datagrams_pending.clear()

@@ -8,7 +8,6 @@ is asserted: throughput and CPU are what the benchmark reports."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,22 +25,14 @@ from benchmarks.lan import (
     warmup_bytes,
 )
 
+from .netns import namespaces, require
+
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
 
 def require_lan() -> None:
-    """Skip (or, with QUICSHIFT_REQUIRE_NETNS=1, fail) unless the LAN can be built."""
-    ok, reason = lan.available()
-    if not ok:
-        if os.environ.get("QUICSHIFT_REQUIRE_NETNS") == "1":
-            pytest.fail(f"QUICSHIFT_REQUIRE_NETNS=1 but the LAN is unavailable: {reason}")
-        pytest.skip(f"LAN unavailable: {reason}")
-
-
-def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
+    require(lan.available, "LAN")
 
 
 def test_rows_are_selected_by_id_in_table_order() -> None:
@@ -122,7 +113,7 @@ def test_a_short_run_completes_and_discovery_ends_at_the_path_size(tmp_path: Pat
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, out + err
-    assert not {ns for ns in _namespaces() if ns.startswith(f"qsbl-{proc.pid}-")}
+    assert not {ns for ns in namespaces() if ns.startswith(f"qsbl-{proc.pid}-")}
 
     result = json.loads((tmp_path / "lan.json").read_text())
     assert result["benchmark"] == "lan" and result["mib"] == 4

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import threading
 import time
 from typing import Any
@@ -23,22 +22,14 @@ from benchmarks.linklab import LinkModel, LinkSpec, LossyLink
 from benchmarks.report import build_report, render_markdown
 from benchmarks.workloads import LOSSY_WORKLOADS, METRICS, WORKLOADS, workload_params
 
+from .netns import namespaces, require
+
 PORT = 9100
 SO_RCVBUFFORCE = 33  # Linux; not in the socket module
 
 
 def require_link() -> None:
-    """Skip (or, with QUICSHIFT_REQUIRE_NETNS=1, fail) unless a lossy link can be built."""
-    ok, reason = linklab.available()
-    if not ok:
-        if os.environ.get("QUICSHIFT_REQUIRE_NETNS") == "1":
-            pytest.fail(f"QUICSHIFT_REQUIRE_NETNS=1 but the lossy link is unavailable: {reason}")
-        pytest.skip(f"lossy link unavailable: {reason}")
-
-
-def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
+    require(linklab.available, "lossy link")
 
 
 # -- without namespaces ------------------------------------------------------------------
@@ -155,7 +146,7 @@ async def test_link_delays_udp_and_tcp_by_the_round_trip_and_cleans_up() -> None
     link = LossyLink(LinkSpec(delay_ms=20, loss_pct=0))
     names = {link.client_ns, link.server_ns}
     async with link:
-        assert names <= _namespaces()
+        assert names <= namespaces()
         server = link.socket("server")
         client = link.socket("client")
         stop = threading.Event()
@@ -192,7 +183,7 @@ async def test_link_delays_udp_and_tcp_by_the_round_trip_and_cleans_up() -> None
         stats = await link.stats()
         assert stats["c2s"]["lost"] == stats["s2c"]["lost"] == 0
         assert stats["c2s"]["forwarded"] >= 10 and stats["s2c"]["forwarded"] >= 10
-    assert not names & _namespaces()
+    assert not names & namespaces()
 
 
 @pytest.mark.netns
@@ -256,7 +247,7 @@ def _sane(stack: str, workload: str, result: dict[str, Any]) -> None:
 async def test_lossy_workloads_run_through_the_harness() -> None:
     require_link()
     params = workload_params(True, 0.05)
-    before = _namespaces()
+    before = namespaces()
     results = await harness.run_all(
         ["grpc-direct", "native-quic"],
         list(LOSSY_WORKLOADS),
@@ -268,5 +259,5 @@ async def test_lossy_workloads_run_through_the_harness() -> None:
         for workload, result in per.items():
             _sane(stack, workload, result)
         assert per["lossy-unary"]["p50_ms"] >= 35  # one 40 ms round trip per call
-    leftovers = {n for n in _namespaces() - before if n.startswith(f"qsbl-{os.getpid()}-")}
+    leftovers = {n for n in namespaces() - before if n.startswith(f"qsbl-{os.getpid()}-")}
     assert not leftovers
